@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finequant.cli import catalog, planned
+from finequant.cli import catalog, finetune, planned
 from finequant.errors import FinequantError
 
 console = Console()
@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 catalog.register(app)
+finetune.register(app)
 planned.register(app)
 
 

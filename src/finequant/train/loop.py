@@ -1,0 +1,315 @@
+"""The fine-tuning loop, readable top to bottom: phases -> epochs -> batches.
+
+Feature caching, checkpoints, DDP and regularizers are small helpers it calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset, WeightedRandomSampler
+
+from finequant.data.base import LabeledData, Splits, stratified_split
+from finequant.data.loaders import TextCollate, make_dataset
+from finequant.errors import ConfigError, FinequantError
+from finequant.models.artifact import save_artifact
+from finequant.models.base import LoadedModel
+from finequant.train.checkpoint import load_checkpoint, save_checkpoint
+from finequant.train.config import FinetuneConfig
+from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from finequant.train.metrics import confusion, metrics_from_confusion
+from finequant.train.strategies import STRATEGIES, Phase, head_names
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FinequantError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FinetuneResult:
+    model: LoadedModel
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def forward(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+
+
+def set_trainable(model: nn.Module, trainable: frozenset[str], head: frozenset[str], train_bn: bool) -> None:
+    """requires_grad per the phase; frozen BatchNorm layers (and a fully frozen body) stay in eval mode."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    if trainable <= head:  # frozen body: eval everywhere, so cached and uncached paths agree exactly
+        model.eval()
+        return
+    model.train()
+    if train_bn:
+        return
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm):
+            own = [f"{name}.{n}" for n, _ in m.named_parameters()]
+            if own and not any(n in trainable for n in own):
+                m.eval()
+
+
+def make_optimizer(model: nn.Module, phase: Phase, head: frozenset[str], cfg: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW with discriminative LRs (body = head / lr_mult) and no weight decay on norms and biases.
+
+    With L2-SP the body's decay goes toward the pretrained weights (a loss term), not toward zero.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if name in phase.trainable:
+            groups.setdefault((name in head, p.ndim <= 1), []).append(p)
+    param_groups = []
+    for (is_head, no_decay), params in sorted(groups.items()):
+        lr = cfg.lr * phase.lr_scale * (1.0 if is_head else 1.0 / cfg.lr_mult)
+        wd = 0.0 if no_decay or (cfg.l2sp > 0 and not is_head) else cfg.weight_decay
+        param_groups.append({"params": params, "lr": lr, "weight_decay": wd})
+    return torch.optim.AdamW(param_groups)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: FinetuneConfig, total_steps: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                   total_steps=max(total_steps, 2))
+    warmup = int(cfg.warmup_frac * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def regularization(model: nn.Module, trainable: frozenset[str], cfg: FinetuneConfig,
+                   pretrained: dict[str, torch.Tensor]) -> torch.Tensor | float:
+    """L1 on trainable weights plus L2-SP: ``l2sp * ||w - w_pretrained||^2`` on the trainable body."""
+    reg: torch.Tensor | float = 0.0
+    for name, p in model.named_parameters():
+        if name not in trainable:
+            continue
+        if cfg.l1:
+            reg = reg + cfg.l1 * p.abs().sum()
+        if cfg.l2sp and name in pretrained:
+            reg = reg + cfg.l2sp * (p - pretrained[name]).pow(2).sum()
+    return reg
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen body once and keep what the head receives (its input) for every sample."""
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().cpu()))
+    labels = []
+    model.eval()
+    try:
+        for inputs, y in loader:
+            forward(model, to_device(inputs, device))
+            labels.append(y)
+    finally:
+        hook.remove()
+    return torch.cat(captured), torch.cat(labels)
+
+
+def _shard(dataset, info: DistInfo):
+    return Subset(dataset, range(info.rank, len(dataset), info.world_size)) if info.enabled else dataset
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+             info: DistInfo = DistInfo()) -> dict[str, Any]:
+    """Loss and metrics over a loader (each rank's shard, summed across ranks)."""
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    for inputs, y in loader:
+        logits = forward(model, to_device(inputs, device)).float().cpu()
+        loss_sum += torch.tensor([F.cross_entropy(logits, y, reduction="sum").item(), len(y)], dtype=torch.float64)
+        cm += confusion(logits.argmax(1), y, num_classes)
+    cm, loss_sum = all_reduce_sum(cm, info), all_reduce_sum(loss_sum, info)
+    model.train(was_training)
+    return {"loss": float(loss_sum[0] / loss_sum[1].clamp(min=1)), **metrics_from_confusion(cm)}
+
+
+def _loader(dataset, cfg: FinetuneConfig, batch: int, collate, sampler=None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, collate_fn=collate,
+                      num_workers=cfg.num_workers)
+
+
+def _train_sampler(dataset, labels: torch.Tensor, cfg: FinetuneConfig, info: DistInfo, epoch: int):
+    """Seeded per epoch, so a resumed run sees the same order; identical global batches for any world size."""
+    if cfg.sampler == "balanced":
+        if info.enabled:
+            raise ConfigError("sampler='balanced' is single-process only; use class_weights='balanced' under torchrun")
+        weights = (1.0 / torch.bincount(labels).double())[labels]
+        return WeightedRandomSampler(weights, len(labels), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfig | None = None,
+             out_dir: str | Path | None = None, resume: bool = False) -> FinetuneResult:
+    """Fine-tune ``loaded`` on ``data`` (split with ``cfg.seed`` if not already split).
+
+    Writes ``OUT/checkpoint.pt`` every epoch and ``OUT/model`` at the end when ``out_dir`` is given.
+    """
+    cfg = cfg or FinetuneConfig()
+    info = init_distributed()
+    torch.manual_seed(cfg.seed)
+    splits = data if isinstance(data, Splits) else stratified_split(data, seed=cfg.seed)
+    classes = splits.train.classes
+    loaded.set_num_classes(len(classes), classes)
+    if loaded.task == "image" and cfg.image_size:
+        loaded.preprocess = loaded.preprocess.with_size(cfg.image_size)
+    if cfg.batch_size % info.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} must divide by the {info.world_size} processes")
+    batch = cfg.batch_size // info.world_size
+    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    model = loaded.model.to(device)
+    head_module, head = loaded.head, head_names(loaded)
+    phases = STRATEGIES.get(cfg.strategy)(loaded, cfg)
+    epoch_phase = [i for i, ph in enumerate(phases) for _ in range(ph.epochs)]
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in head} if cfg.l2sp else {}
+    labels = torch.as_tensor(splits.train.labels)
+    weight = None
+    if cfg.class_weights == "balanced":
+        weight = (len(labels) / (len(classes) * torch.bincount(labels, minlength=len(classes)).double())).float()
+    collate = TextCollate(loaded.tokenizer) if loaded.task == "text" else None
+    train_set = make_dataset(splits.train, loaded, cfg.augment)
+    val_set = make_dataset(splits.val, loaded)
+    out = Path(out_dir) if out_dir else None
+
+    history: list[dict[str, Any]] = []
+    best = {"score": -math.inf, "epoch": -1, "state": None}
+    start_epoch, ckpt = 0, None
+    if resume:
+        if out is None:
+            raise ConfigError("resume needs out_dir (the folder of the interrupted run)")
+        ckpt = load_checkpoint(out)
+        model.load_state_dict(ckpt["model"])
+        start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
+        best = {"score": ckpt["best_score"], "epoch": ckpt["best_epoch"], "state": ckpt["best_state"]}
+        torch.set_rng_state(ckpt["rng"])
+        log.info("resuming %s after epoch %d", out, ckpt["epoch"])
+
+    timings: dict[str, float] = {"feature_extraction_s": 0.0}
+    cache: dict[str, TensorDataset] = {}
+    opt = sched = train_module = None
+    current_phase = None
+    for epoch in range(start_epoch, cfg.epochs):
+        phase_idx = epoch_phase[epoch]
+        phase = phases[phase_idx]
+        use_cache = cfg.feature_cache and phase.trainable <= head and cfg.augment == "none"
+        if use_cache and not cache:
+            t0 = time.perf_counter()
+            for split, ds in (("train", train_set), ("val", val_set)):
+                feats, ys = extract_features(model, head_module, _loader(ds, cfg, 256, collate), device)
+                cache[split] = TensorDataset(feats, ys)
+            timings["feature_extraction_s"] += time.perf_counter() - t0
+        if phase_idx != current_phase:
+            set_trainable(model, phase.trainable, head, cfg.train_bn)
+            steps = math.ceil(len(range(info.rank, len(train_set), info.world_size)) / batch)
+            opt = make_optimizer(model, phase, head, cfg)
+            sched = make_scheduler(opt, cfg, steps * phase.epochs)
+            if ckpt is not None and ckpt["phase"] == phase_idx:
+                opt.load_state_dict(ckpt["optimizer"])
+                sched.load_state_dict(ckpt["scheduler"])
+            trained = head_module if use_cache else model
+            train_module = DDP(trained) if info.enabled else trained
+            current_phase = phase_idx
+        set_trainable(model, phase.trainable, head, cfg.train_bn)
+
+        t0 = time.perf_counter()
+        ds = cache["train"] if use_cache else train_set
+        loader = _loader(ds, cfg, batch, None if use_cache else collate,
+                         _train_sampler(ds, labels, cfg, info, epoch))
+        loss_sum, n_seen = 0.0, 0
+        with Progress(transient=True, disable=not info.is_main) as bar:
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(loader))
+            for step, (inputs, y) in enumerate(loader):
+                inputs, y = to_device(inputs, device), y.to(device)
+                logits = forward(train_module, inputs)
+                loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(device),
+                                       label_smoothing=cfg.label_smoothing)
+                total = loss + regularization(model, phase.trainable, cfg, pretrained)
+                if not torch.isfinite(total):
+                    raise TrainingDiverged(
+                        f"loss is {total.item()} at epoch {epoch + 1}, batch {step}; the last good checkpoint "
+                        f"(epoch {epoch}) is kept. Lower --lr, enable gradient clipping or check the data.")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                   cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                loss_sum += loss.item() * len(y)
+                n_seen += len(y)
+                bar.advance(task)
+        train_loss = all_reduce_sum(torch.tensor([loss_sum, n_seen], dtype=torch.float64), info)
+        epoch_time = time.perf_counter() - t0
+
+        if use_cache:
+            val = evaluate(head_module, _loader(_shard(cache["val"], info), cfg, 256, None), len(classes), device, info)
+        else:
+            val = evaluate(model, _loader(_shard(val_set, info), cfg, 256, collate), len(classes), device, info)
+        record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": float(train_loss[0] / train_loss[1]),
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                  "epoch_time_s": epoch_time, "cached": use_cache}
+        history.append(record)
+        if info.is_main:
+            log.info("epoch %d/%d [%s] train_loss %.4f val_acc %.4f (%.1fs%s)", epoch + 1, cfg.epochs, phase.name,
+                     record["train_loss"], val["accuracy"], epoch_time, ", cached features" if use_cache else "")
+        if val["accuracy"] > best["score"]:
+            best = {"score": val["accuracy"], "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        if out is not None and info.is_main:
+            save_checkpoint(out, {
+                "epoch": epoch, "phase": phase_idx, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
+                "best_score": best["score"], "best_epoch": best["epoch"], "best_state": best["state"],
+                "config": asdict(cfg),
+            })
+        barrier(info)
+        if cfg.early_stopping and epoch + 1 - best["epoch"] >= cfg.early_stopping:
+            log.info("early stopping: no val improvement for %d epoch(s); best epoch %d", cfg.early_stopping,
+                     best["epoch"])
+            break
+
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    test_set = make_dataset(splits.test, loaded)
+    test = evaluate(model, _loader(_shard(test_set, info), cfg, 256, collate), len(classes), device, info)
+    timings["train_s"] = sum(h["epoch_time_s"] for h in history)
+    result = FinetuneResult(loaded, {"test": test, "best_val_accuracy": best["score"]}, history, best["epoch"], timings)
+    if out is not None and info.is_main:
+        save_artifact(loaded, out / "model")
+    return result

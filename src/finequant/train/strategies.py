@@ -1,0 +1,104 @@
+"""Fine-tuning strategies: each turns a model and a config into phases of trainable parameter sets.
+
+A phase is a number of epochs with a set of trainable parameter names and an LR scale. Adding a
+strategy is one function and one ``STRATEGIES.register`` entry.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from finequant.errors import ConfigError
+from finequant.models.base import LoadedModel
+from finequant.registry import Registry
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    trainable: frozenset[str]
+    lr_scale: float = 1.0
+
+
+PlanFn = Callable[[LoadedModel, "FinetuneConfig"], list[Phase]]  # noqa: F821
+STRATEGIES: Registry[PlanFn] = Registry("fine-tuning strategy")
+
+
+def head_names(loaded: LoadedModel) -> frozenset[str]:
+    return frozenset(f"{loaded.head_name}.{n}" for n, _ in loaded.head.named_parameters())
+
+
+def block_groups(model: nn.Module, head: frozenset[str]) -> list[list[str]]:
+    """Body parameters grouped into blocks, input side first.
+
+    A block is the module path up to its first numeric component (``blocks.3``,
+    ``encoder.layer.4``, ``layer1.0``) or else the top-level module (``conv_stem``, ``bn1``).
+    """
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        if name in head:
+            continue
+        parts = name.split(".")[:-1] or [name]
+        cut = next((i + 1 for i, p in enumerate(parts) if p.isdigit()), 1)
+        groups.setdefault(".".join(parts[:cut]), []).append(name)
+    return list(groups.values())
+
+
+def _all(loaded: LoadedModel) -> frozenset[str]:
+    return frozenset(n for n, _ in loaded.model.named_parameters())
+
+
+@STRATEGIES.register("full", "train every parameter (body at lr/lr_mult)")
+def full(loaded: LoadedModel, cfg) -> list[Phase]:
+    return [Phase("full", cfg.epochs, _all(loaded))]
+
+
+@STRATEGIES.register("last-layer", "train only the new head (feature cache when no augmentation)")
+def last_layer(loaded: LoadedModel, cfg) -> list[Phase]:
+    return [Phase("head", cfg.epochs, head_names(loaded))]
+
+
+@STRATEGIES.register("partial", "freeze the first freeze_blocks blocks and/or names matching freeze_patterns")
+def partial(loaded: LoadedModel, cfg) -> list[Phase]:
+    groups = block_groups(loaded.model, head_names(loaded))
+    if cfg.freeze_blocks > len(groups):
+        raise ConfigError(f"freeze_blocks={cfg.freeze_blocks} but {loaded.spec} has {len(groups)} blocks")
+    if not cfg.freeze_blocks and not cfg.freeze_patterns:
+        raise ConfigError("strategy 'partial' needs freeze_blocks > 0 or freeze_patterns")
+    frozen = {n for g in groups[:cfg.freeze_blocks] for n in g}
+    try:
+        patterns = [re.compile(p) for p in cfg.freeze_patterns]
+    except re.error as e:
+        raise ConfigError(f"freeze_patterns: invalid regular expression ({e})") from e
+    frozen |= {n for n in _all(loaded) if any(p.search(n) for p in patterns)}
+    return [Phase("partial", cfg.epochs, _all(loaded) - frozen)]
+
+
+@STRATEGIES.register("gradual", "head first, then unfreeze blocks from the top each epoch (ULMFiT)")
+def gradual(loaded: LoadedModel, cfg) -> list[Phase]:
+    head = head_names(loaded)
+    groups = block_groups(loaded.model, head)
+    if cfg.epochs < 2:
+        return [Phase("head", 1, head)]
+    per_epoch = math.ceil(len(groups) / (cfg.epochs - 1))
+    phases, trainable = [Phase("head", 1, head)], set(head)
+    for e in range(1, cfg.epochs):
+        for g in groups[max(0, len(groups) - e * per_epoch): len(groups) - (e - 1) * per_epoch]:
+            trainable |= set(g)
+        phases.append(Phase(f"unfreeze-{e}", 1, frozenset(trainable)))
+    return phases
+
+
+@STRATEGIES.register("lp-ft", "linear probe (head only), then fine-tune all at a lower LR (default)")
+def lp_ft(loaded: LoadedModel, cfg) -> list[Phase]:
+    if cfg.epochs < 2:
+        return [Phase("head", cfg.epochs, head_names(loaded))]
+    lp = cfg.lp_epochs or max(1, cfg.epochs // 2)
+    return [Phase("head", lp, head_names(loaded)),
+            Phase("full", cfg.epochs - lp, _all(loaded), lr_scale=cfg.ft_lr_scale)]
