@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finequant.cli import catalog, finetune, planned
+from finequant.cli import catalog, demo, finetune, planned
 from finequant.errors import FinequantError
 
 console = Console()
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 catalog.register(app)
 finetune.register(app)
+demo.register(app)
 planned.register(app)
 
 

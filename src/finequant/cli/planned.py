@@ -8,7 +8,6 @@ from __future__ import annotations
 import typer
 
 _PLANNED = {
-    "demo": "Run the bundled end-to-end demo.",
     "quantize": "Quantize a model (static/dynamic PTQ, QAT, fp16, nonlinear).",
     "tune": "Search per-layer precision within an accuracy budget; advanced PTQ.",
     "eval": "Evaluate a model or quantized artifact on a backend.",
