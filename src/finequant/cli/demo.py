@@ -21,7 +21,8 @@ console = Console()
 
 DEMOS = {
     "vision": dict(model="efficientnet_lite0", data="mnist5k", max_samples=None,
-                   cfg=FinetuneConfig(strategy="lp-ft", epochs=3, lp_epochs=1, image_size=64, lr=3e-3)),
+                   cfg=FinetuneConfig(strategy="lp-ft", epochs=3, lp_epochs=1, image_size=64, lr=3e-3,
+                                      freeze_bn_stats=True)),
     "text": dict(model="minilm", data="rotten_tomatoes", max_samples=2000,
                  cfg=FinetuneConfig(strategy="last-layer", epochs=8, lr=1e-2, batch_size=32)),
 }

@@ -71,6 +71,7 @@ def finetune_command(
     freeze_pattern: list[str] = typer.Option(None, help="partial: freeze parameters matching this regex."),
     lp_epochs: int = typer.Option(None, help="lp-ft: epochs of head-only training (default half)."),
     train_bn: bool = typer.Option(False, help="Update BatchNorm statistics of frozen layers too."),
+    freeze_bn_stats: bool = typer.Option(False, help="Keep all BatchNorm statistics at pretrained values."),
     augment: str = typer.Option("none", help="none, light or standard."),
     class_weights: str = typer.Option("none", help="none or balanced."),
     sampler: str = typer.Option("shuffle", help="shuffle or balanced."),
@@ -92,7 +93,8 @@ def finetune_command(
     cfg = FinetuneConfig(
         strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr, lr_mult=lr_mult, weight_decay=weight_decay,
         schedule=schedule, label_smoothing=label_smoothing, l1=l1, l2sp=l2sp, freeze_blocks=freeze_blocks,
-        freeze_patterns=list(freeze_pattern or []), lp_epochs=lp_epochs, train_bn=train_bn, augment=augment,
+        freeze_patterns=list(freeze_pattern or []), lp_epochs=lp_epochs, train_bn=train_bn,
+        freeze_bn_stats=freeze_bn_stats, augment=augment,
         class_weights=class_weights, sampler=sampler, early_stopping=early_stopping, feature_cache=feature_cache,
         image_size=image_size, seed=seed,
     )

@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from finequant.errors import ModelError
@@ -105,3 +106,13 @@ def last_linear_name(model: nn.Module) -> str:
     if not names:
         raise ModelError(f"{type(model).__name__} has no Linear layer to use as classifier head")
     return names[-1]
+
+
+def forward(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    """Call an image model on a tensor or a text model on its tokenizer's dict."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def to_device(inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device | str
+              ) -> torch.Tensor | dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)

@@ -49,8 +49,8 @@ def qparams(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.
     eps = torch.finfo(torch.float32).eps
     if spec.symmetric:
         amax = torch.maximum(-lo, hi)
-        if spec.signed:
-            scale = amax / ((spec.qmax - spec.qmin) / 2)
+        if spec.signed:  # amax/qmax: both signs representable, no rounding ties at the range ends
+            scale = amax / spec.qmax
             zp = torch.zeros_like(scale)
         else:  # unsigned symmetric: mid-range zero point (e.g. 128 for u8)
             scale = 2 * amax / (spec.qmax - spec.qmin)
@@ -74,13 +74,15 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: Qua
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Quantize-dequantize with a straight-through gradient: 1 inside the range, 0 where clipped."""
+    """Quantize-dequantize with a straight-through estimator.
+
+    The gradient w.r.t. ``x`` is 1 inside the range and 0 where clipped; when ``scale`` requires
+    grad it gets the LSQ gradient (Esser et al., 2020), so a learnable scale needs no other code.
+    """
     g = grouped(x, spec)
-    lo, hi = (spec.qmin - zp) * scale, (spec.qmax - zp) * scale
-    clipped = torch.minimum(torch.maximum(g, lo), hi)
-    q = torch.clamp(torch.round(g / scale) + zp, spec.qmin, spec.qmax)
-    out = clipped + ((q - zp) * scale - clipped).detach()
-    return ungrouped(out, x, spec)
+    v = torch.clamp(g / scale + zp, spec.qmin, spec.qmax)
+    v = v + (torch.round(v) - v).detach()
+    return ungrouped((v - zp) * scale, x, spec)
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from finequant.configs import from_mapping
 from finequant.errors import ConfigError
 
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -19,7 +20,12 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 @dataclass
 class FinetuneConfig:
-    """How to fine-tune. ``lr`` is the head's learning rate; the body gets ``lr / lr_mult``."""
+    """How to fine-tune. ``lr`` is the head's learning rate; the body gets ``lr / lr_mult``.
+
+    ``train_bn`` lets frozen BatchNorm layers update their statistics; ``freeze_bn_stats`` keeps
+    every BatchNorm's statistics at their pretrained values, even in trained blocks (small data,
+    small batches, and the late phase of QAT).
+    """
 
     strategy: str = "lp-ft"
     epochs: int = 4
@@ -37,6 +43,7 @@ class FinetuneConfig:
     lp_epochs: int | None = None
     ft_lr_scale: float = 0.5
     train_bn: bool = False
+    freeze_bn_stats: bool = False
     augment: str = "none"
     class_weights: str = "none"
     sampler: str = "shuffle"
@@ -64,6 +71,8 @@ class FinetuneConfig:
         for key in ("weight_decay", "l1", "l2sp", "label_smoothing", "warmup_frac", "freeze_blocks"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0")
+        if self.train_bn and self.freeze_bn_stats:
+            raise ConfigError("train_bn and freeze_bn_stats contradict each other: set at most one")
         if self.label_smoothing >= 1 or self.warmup_frac >= 1:
             raise ConfigError("label_smoothing and warmup_frac must be < 1")
         if self.lp_epochs is not None and not 0 < self.lp_epochs < self.epochs:
@@ -75,9 +84,5 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        """Build from a mapping (YAML/JSON), rejecting unknown keys with the list of known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown finetune key(s) {unknown}; known keys: {', '.join(sorted(known))}")
-        return cls(**d)
+        """Build from a mapping (YAML/JSON), rejecting unknown keys by name."""
+        return from_mapping(cls, d, "finetune")

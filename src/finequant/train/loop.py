@@ -24,7 +24,7 @@ from finequant.data.base import LabeledData, Splits, stratified_split
 from finequant.data.loaders import TextCollate, make_dataset
 from finequant.errors import ConfigError, FinequantError
 from finequant.models.artifact import save_artifact
-from finequant.models.base import LoadedModel
+from finequant.models.base import LoadedModel, forward, to_device
 from finequant.train.checkpoint import load_checkpoint, save_checkpoint
 from finequant.train.config import FinetuneConfig
 from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -47,16 +47,10 @@ class FinetuneResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def forward(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
-
-
-def to_device(inputs: Any, device: torch.device) -> Any:
-    return {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
-
-
-def set_trainable(model: nn.Module, trainable: frozenset[str], head: frozenset[str], train_bn: bool) -> None:
-    """requires_grad per the phase; frozen BatchNorm layers (and a fully frozen body) stay in eval mode."""
+def set_trainable(model: nn.Module, trainable: frozenset[str], head: frozenset[str], train_bn: bool,
+                  freeze_bn_stats: bool = False) -> None:
+    """requires_grad per the phase; frozen BatchNorm layers (all of them with ``freeze_bn_stats``,
+    and a fully frozen body) stay in eval mode, so their running statistics do not change."""
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
     if trainable <= head:  # frozen body: eval everywhere, so cached and uncached paths agree exactly
@@ -68,7 +62,7 @@ def set_trainable(model: nn.Module, trainable: frozenset[str], head: frozenset[s
     for name, m in model.named_modules():
         if isinstance(m, _BatchNorm):
             own = [f"{name}.{n}" for n, _ in m.named_parameters()]
-            if own and not any(n in trainable for n in own):
+            if freeze_bn_stats or (own and not any(n in trainable for n in own)):
                 m.eval()
 
 
@@ -234,7 +228,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
                 cache[split] = TensorDataset(feats, ys)
             timings["feature_extraction_s"] += time.perf_counter() - t0
         if phase_idx != current_phase:
-            set_trainable(model, phase.trainable, head, cfg.train_bn)
+            set_trainable(model, phase.trainable, head, cfg.train_bn, cfg.freeze_bn_stats)
             steps = math.ceil(len(range(info.rank, len(train_set), info.world_size)) / batch)
             opt = make_optimizer(model, phase, head, cfg)
             sched = make_scheduler(opt, cfg, steps * phase.epochs)
@@ -244,7 +238,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
             trained = head_module if use_cache else model
             train_module = DDP(trained) if info.enabled else trained
             current_phase = phase_idx
-        set_trainable(model, phase.trainable, head, cfg.train_bn)
+        set_trainable(model, phase.trainable, head, cfg.train_bn, cfg.freeze_bn_stats)
 
         t0 = time.perf_counter()
         ds = cache["train"] if use_cache else train_set

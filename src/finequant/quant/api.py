@@ -1,0 +1,204 @@
+"""The one-call API: ``quantize``, ``qparams_from_model`` and ``quantize_inference``."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from finequant.errors import FinequantError
+from finequant.models.base import LoadedModel, forward
+from finequant.quant.config import QuantConfig
+from finequant.quant.fold import fold_batchnorm
+from finequant.quant.methods import METHODS
+from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizedModel:
+    """The quantized copy of a model plus a record of every layer's fate (quantized or float, and why)."""
+
+    model: nn.Module
+    config: QuantConfig
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    folded: list[tuple[str, str]] = field(default_factory=list)
+
+    def quant_layers(self) -> dict[str, QuantLayer]:
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantLayer)}
+
+    def qparams(self) -> QParams:
+        return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded))
+
+    def float_layers(self) -> dict[str, str]:
+        return {n: r["reason"] for n, r in self.layers.items() if r["status"] == "float"}
+
+    def packed_weight_bytes(self) -> int:
+        """Bytes of all parameters as deployed: quantized weights packed at their bit width (+ qparams,
+        codebooks), everything else in float32."""
+        total = 0
+        quant_weights = set()
+        for name, q in self.quant_layers().items():
+            w = q.layer.weight
+            quant_weights.add(id(w))
+            total += math.ceil(w.numel() * q.weight_spec.bits / 8)
+            for t in (q.weight_scale, q.codebook):
+                total += 0 if t is None else t.numel() * 4
+        total += sum(p.numel() * p.element_size() for p in self.model.parameters() if id(p) not in quant_weights)
+        return total
+
+
+class QParams(dict):
+    """Per-layer qparams (``name -> LayerQParams``) plus the BN folds they assume."""
+
+    def __init__(self, layers: dict[str, LayerQParams], folded: list[tuple[str, str]]) -> None:
+        super().__init__(layers)
+        self.folded = folded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": {n: q.to_dict() for n, q in self.items()}, "folded": self.folded}
+
+
+def _module(model: nn.Module | LoadedModel) -> nn.Module:
+    return model.model if isinstance(model, LoadedModel) else model
+
+
+def _batches(calib_data: Iterable | None, n: int) -> list[Any]:
+    """Up to ``n`` model inputs from an iterable of inputs or (inputs, labels) pairs."""
+    if calib_data is None:
+        return []
+    out = []
+    for batch in calib_data:
+        if len(out) >= n:
+            break
+        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return out
+
+
+def _float_reason(module: nn.Module) -> str:
+    if isinstance(module, _BatchNorm):
+        return "BatchNorm not fed directly by a conv (not foldable); kept in float"
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return "normalization layer: negligible compute, kept in float for accuracy"
+    return f"{type(module).__name__} has no quantized kernel in finequant; kept in float"
+
+
+def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = None,
+            folded: list[tuple[str, str]] | None = None) -> QuantizedModel:
+    """Copy the model, fold BatchNorm, and wrap every supported layer per the method (no calibration)."""
+    net = copy.deepcopy(_module(model)).eval()
+    if isinstance(net, SUPPORTED_LAYERS):  # a bare layer: give it a parent so it can be wrapped
+        net = nn.Sequential(net)
+    pairs: list[tuple[str, str]] = []
+    if config.fold_bn and config.method != "qat" and any(isinstance(m, _BatchNorm) for m in net.modules()):
+        if folded is not None or example is not None:
+            pairs = fold_batchnorm(net, example, pairs=folded)
+        else:
+            log.warning("no example input: BatchNorm layers are not folded before quantization")
+    method = METHODS.get(config.method)
+    layers: dict[str, dict[str, Any]] = {}
+    for name, module in list(net.named_modules()):
+        if not name or isinstance(module, QuantLayer) or any(isinstance(m, QuantLayer) for m in _parents(net, name)):
+            continue
+        if isinstance(module, SUPPORTED_LAYERS):
+            cfg = config.for_layer(name)
+            plan = "left in float by skip/overrides" if cfg is None else method(module, cfg)
+            if isinstance(plan, str):
+                layers[name] = {"type": type(module).__name__, "status": "float", "reason": plan}
+                continue
+            net.set_submodule(name, QuantLayer(module, plan.weight_spec, plan.act_mode, plan.act_spec,
+                                               cfg.observer, cfg.weight_observer, cfg.seed))
+            layers[name] = {"type": type(module).__name__, "status": "quantized",
+                            "weights": f"{plan.weight_spec.scheme}{plan.weight_spec.bits}",
+                            "granularity": plan.weight_spec.granularity, "activations": plan.act_mode}
+        elif any(True for _ in module.parameters(recurse=False)):
+            layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
+    return QuantizedModel(net, config, layers, pairs)
+
+
+def _parents(net: nn.Module, name: str) -> list[nn.Module]:
+    parts = name.split(".")
+    return [net.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
+
+
+@torch.no_grad()
+def calibrate(qm: QuantizedModel, batches: list[Any]) -> int:
+    """Run calibration batches through the model; static layers record ranges, then freeze them."""
+    static = [m for m in qm.quant_layers().values() if m.act_mode == "static"]
+    if not static:
+        return 0
+    if not batches:
+        raise FinequantError(f"method '{qm.config.method}' needs calibration data: pass calib_data "
+                             f"(e.g. a DataLoader of the train split; {qm.config.calib_batches} batches are used)")
+    for m in static:
+        m.calibrating = True
+    qm.model.eval()
+    for inputs in batches:
+        forward(qm.model, inputs)
+    unseen = [n for n, m in qm.quant_layers().items() if m.act_mode == "static" and not m.observer.observed]
+    for m in static:
+        m.finish_calibration()
+    if unseen:
+        raise FinequantError(f"calibration never reached layer(s) {unseen[:5]}; is the calibration data the "
+                             "kind of input the model takes?")
+    return len(batches)
+
+
+def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
+             calib_data: Iterable | None = None) -> QuantizedModel:
+    """Quantize a copy of ``model`` per ``config`` (default: static W8A8), calibrating on ``calib_data``."""
+    config = config or QuantConfig()
+    batches = _batches(calib_data, config.calib_batches)
+    example = batches[0] if batches else _synthetic_example(model)
+    qm = prepare(model, config, example)
+    n = calibrate(qm, batches)
+    if len(batches) < config.calib_batches and n:
+        log.warning("calibrated on %d batch(es), fewer than calib_batches=%d", len(batches), config.calib_batches)
+    return qm
+
+
+def _synthetic_example(model: nn.Module | LoadedModel) -> torch.Tensor | None:
+    """A random input of the model's size, enough to find conv->BN pairs when no data is given."""
+    if isinstance(model, LoadedModel) and model.task == "image":
+        s = model.preprocess.input_size
+        return torch.randn(1, 3, s, s)
+    return None
+
+
+def qparams_from_model(model: nn.Module | LoadedModel, calib_data: Iterable | None = None,
+                       config: QuantConfig | None = None) -> QParams:
+    """Per-layer qparams (scale, zero point, bits, granularity) for ``model``.
+
+    With ``calib_data`` activations get calibrated static ranges; without, they are left dynamic
+    (measured per batch at run time) so no data is needed.
+    """
+    if config is None:
+        config = QuantConfig(method="static" if calib_data is not None else "dynamic")
+    return quantize(model, config, calib_data).qparams()
+
+
+def quantize_inference(model: nn.Module | LoadedModel, qparams: QParams,
+                       config: QuantConfig | None = None) -> nn.Module:
+    """A copy of ``model`` ready for inference with exactly these qparams (BN folded as they assume)."""
+    config = config or QuantConfig(method="weight-only")
+    example = _synthetic_example(model)
+    qm = prepare(model, config, example, folded=qparams.folded)
+    missing = set(qparams) - set(qm.quant_layers())
+    for name in missing:
+        module = qm.model.get_submodule(name)
+        q = qparams[name]
+        qm.model.set_submodule(name, QuantLayer(module, q.weight_spec))
+    for name, layer in qm.quant_layers().items():
+        if name in qparams:
+            layer.load_qparams(qparams[name])
+        else:  # layers without qparams stay float: unwrap
+            qm.model.set_submodule(name, layer.layer)
+    return qm.model.eval()
