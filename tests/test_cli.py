@@ -36,3 +36,23 @@ def test_data_inspect_mnist5k_writes_summary(tmp_path):
 def test_planned_command_says_so_and_fails():
     result = runner.invoke(app, ["report", "x"])
     assert result.exit_code == 2
+
+
+def test_finetune_then_quantize_cli(tmp_path):
+    run = tmp_path / "run"
+    args = ["finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data", "digits",
+            "--strategy", "last-layer", "--epochs", "2", "--image-size", "32", "--max-samples", "300",
+            "--out", str(run)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads((run / "summary.json").read_text())
+    assert s["config"]["finetune"]["strategy"] == "last-layer" and len(s["history"]) == 2
+    assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoint.pt").is_file()
+    q = tmp_path / "q"
+    result = runner.invoke(app, ["quantize", str(run), "--method", "static", "--calib", "4", "--out", str(q)])
+    assert result.exit_code == 0, result.output
+    s = json.loads((q / "summary.json").read_text())
+    assert s["metrics"]["top1_agreement"] > 0.8 and s["metrics"]["samples"] == 60
+    assert s["sizes"]["size_ratio"] < 0.35
+    assert s["config"]["quantize"]["method"] == "static"
+    assert "top-1 agreement" in result.output

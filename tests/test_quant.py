@@ -240,3 +240,66 @@ def test_dynamic_int8_minilm_keeps_embeddings():
     cos = torch.nn.functional.cosine_similarity(ref, got)
     assert cos.min() >= 0.99
     assert sum(1 for r in qm.layers.values() if r["status"] == "quantized") >= 37  # 36 Linear + embeddings
+
+
+def _trained_cnn():
+    from finequant.data import load_data, stratified_split
+    from finequant.models.base import LoadedModel, Preprocess
+    from finequant.train import FinetuneConfig, finetune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    loaded = LoadedModel(net, "test:cnn", "image", "9", {"spec": "test:cnn"},
+                         preprocess=Preprocess(input_size=16, crop_pct=1.0))
+    splits = stratified_split(load_data("digits"), seed=0)
+    finetune(loaded, splits, FinetuneConfig(strategy="full", epochs=6, lr=1e-2, lr_mult=1))
+    return loaded, splits
+
+
+@pytest.fixture(scope="module")
+def trained_cnn():
+    return _trained_cnn()
+
+
+def test_qat_beats_ptq_at_4_bits_and_converts_consistently(trained_cnn):
+    from finequant.data import make_loader
+    from finequant.quant.qat import quantization_aware_training
+    from finequant.train import FinetuneConfig, evaluate
+
+    loaded, splits = trained_cnn
+    calib = make_loader(splits.train, loaded, batch_size=64, shuffle=True)
+    test = make_loader(splits.test, loaded, batch_size=256)
+    float_acc = evaluate(loaded.model, test, 10, "cpu")["accuracy"]
+    ptq = evaluate(quantize(loaded, QuantConfig(weight_bits=4), calib).model, test, 10, "cpu")["accuracy"]
+    qm, trained = quantization_aware_training(loaded, splits, QuantConfig(weight_bits=4),
+                                              FinetuneConfig(epochs=3, lr=2e-3, lr_mult=1), calib)
+    qat = evaluate(qm.model, test, 10, "cpu")["accuracy"]
+    assert qat > ptq + 0.03 and qat > float_acc - 0.05
+    assert qat == pytest.approx(trained.metrics["test"]["accuracy"])  # BN folding after QAT changes nothing
+    assert len(qm.folded) == 2 and not any(isinstance(m, nn.BatchNorm2d) for m in qm.model.modules())
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(method="weight-only", weight_bits=4),
+                                 QuantConfig(method="nonlinear", weight_bits=3, scheme="kmeans"),
+                                 QuantConfig(method="nonlinear", weight_bits=4), QuantConfig(method="bf16")],
+                         ids=["static8", "w4", "kmeans3", "pow2-4", "bf16"])
+def test_quantized_artifact_round_trip_is_exact_and_packed(tmp_path, cfg):
+    from finequant.data import load_data, make_loader, stratified_split
+    from finequant.models import load_model
+    from finequant.quant.artifact import QUANT_WEIGHTS, load_quantized, save_quantized
+
+    torch.manual_seed(0)
+    loaded = load_model("timm:test_efficientnet", pretrained=False, num_classes=10)
+    loaded.preprocess = loaded.preprocess.with_size(32)
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=200)
+    qm = quantize(loaded, cfg, make_loader(splits.train, loaded, batch_size=64))
+    save_quantized(qm, loaded, tmp_path / "q")
+    back, qparams = load_quantized(tmp_path / "q")
+    x = next(iter(make_loader(splits.test, loaded, batch_size=32)))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(x), qm.model(x), rtol=0, atol=0)
+    size = (tmp_path / "q" / QUANT_WEIGHTS).stat().st_size
+    assert size < qm.packed_weight_bytes() * 1.05 + 32768  # + the safetensors header (tensor names)
+    assert set(qparams) == set(qm.quant_layers())

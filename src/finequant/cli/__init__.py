@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finequant.cli import catalog, demo, finetune, planned
+from finequant.cli import catalog, demo, finetune, planned, quantize
 from finequant.errors import FinequantError
 
 console = Console()
@@ -23,6 +23,7 @@ app = typer.Typer(
 catalog.register(app)
 finetune.register(app)
 demo.register(app)
+quantize.register(app)
 planned.register(app)
 
 

@@ -46,7 +46,8 @@ def run_finetune(model_spec: str, data_spec: str, cfg: FinetuneConfig, out: Path
         size = (out / "model" / "model.safetensors").stat().st_size
         write_summary(out, "finetune",
                       config={"model": model_spec, "data": data_spec, "finetune": cfg, "splits": splits.sizes(),
-                              "max_samples": max_samples, "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
+                              "max_samples": max_samples, "val_frac": val_frac, "test_frac": test_frac,
+                              "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
                       metrics=result.metrics, sizes={"model_bytes": size}, timings=result.timings,
                       history=result.history, best_epoch=result.best_epoch, new_keys=loaded.new_keys,
                       artifact=str(out / "model"))

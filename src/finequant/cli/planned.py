@@ -8,7 +8,6 @@ from __future__ import annotations
 import typer
 
 _PLANNED = {
-    "quantize": "Quantize a model (static/dynamic PTQ, QAT, fp16, nonlinear).",
     "tune": "Search per-layer precision within an accuracy budget; advanced PTQ.",
     "eval": "Evaluate a model or quantized artifact on a backend.",
     "bench": "Benchmark latency, throughput, size and memory on a backend.",

@@ -73,7 +73,9 @@ def load_model(spec: str, *, pretrained: bool = True, weights: str | Path | None
         load_into(loaded.model, state, source=str(weights))
         loaded.new_keys = []
     if num_classes is not None or classes is not None:
-        loaded.set_num_classes(num_classes if num_classes is not None else len(classes), classes)
+        # with random weights everywhere (pretrained=False) a "newly initialized head" is no news
+        loaded.set_num_classes(num_classes if num_classes is not None else len(classes), classes,
+                               announce=pretrained or weights is not None)
     loaded.model.eval()
     return loaded
 

@@ -25,6 +25,12 @@ def save_artifact(loaded: LoadedModel, out_dir: str | Path) -> Path:
     # safetensors refuses shared storage (tied weights), so each tensor is cloned.
     state = {k: v.detach().cpu().clone().contiguous() for k, v in loaded.model.state_dict().items()}
     atomic_write_bytes(out / WEIGHTS, save(state, metadata={"format": "pt"}))
+    return write_model_config(loaded, out)
+
+
+def write_model_config(loaded: LoadedModel, out: Path) -> Path:
+    """``model.json`` (and, for text, the encoder config and tokenizer): the architecture without weights."""
+    out.mkdir(parents=True, exist_ok=True)
     if loaded.task == "text":
         loaded.model.encoder.config.save_pretrained(out / "encoder")
         loaded.tokenizer.save_pretrained(out / "encoder")
@@ -44,9 +50,16 @@ def save_artifact(loaded: LoadedModel, out_dir: str | Path) -> Path:
 
 def load_artifact(path: str | Path, *, trust_remote_code: bool = False) -> LoadedModel:
     """Rebuild a model saved by :func:`save_artifact`: architecture from the JSON, then the weights."""
+    path = Path(path)
+    loaded = build_from_config(path, trust_remote_code=trust_remote_code)
+    load_into(loaded.model, load_state_dict(path / WEIGHTS), source=str(path))
+    return loaded
+
+
+def build_from_config(path: Path, *, trust_remote_code: bool = False) -> LoadedModel:
+    """The architecture described by ``path/model.json``, with freshly initialized weights."""
     from finequant.models import load_model
 
-    path = Path(path)
     cfg_path = path / CONFIG
     if not cfg_path.is_file():
         raise ModelError(f"{path} is not a finequant model folder: {CONFIG} is missing")
@@ -61,7 +74,6 @@ def load_artifact(path: str | Path, *, trust_remote_code: bool = False) -> Loade
         spec = f"hf:{path / 'encoder'}"
     loaded = load_model(spec, pretrained=False, num_classes=n, classes=cfg.get("classes"),
                         trust_remote_code=trust_remote_code)
-    load_into(loaded.model, load_state_dict(path / WEIGHTS), source=str(path))
     loaded.spec, loaded.new_keys = cfg["spec"], []
     loaded.recipe = dict(cfg["recipe"])
     if cfg.get("preprocess"):

@@ -65,6 +65,7 @@ class LoadedModel:
     @property
     def head(self) -> nn.Linear:
         head = self.model.get_submodule(self.head_name)
+        head = getattr(head, "layer", head)  # a quantization wrapper keeps the Linear as .layer
         if not isinstance(head, nn.Linear):
             raise ModelError(f"head '{self.head_name}' of {self.spec} is {type(head).__name__}, not Linear")
         return head
@@ -73,10 +74,10 @@ class LoadedModel:
     def num_classes(self) -> int:
         return self.head.out_features
 
-    def set_num_classes(self, num_classes: int, classes: list[str] | None = None) -> list[str]:
+    def set_num_classes(self, num_classes: int, classes: list[str] | None = None, announce: bool = True) -> list[str]:
         """Replace the head by a freshly initialized one for ``num_classes`` targets.
 
-        Returns (and logs) the state-dict keys that are newly initialized.
+        Returns (and, with ``announce``, logs) the state-dict keys that are newly initialized.
         """
         if num_classes < 1:
             raise ModelError(f"num_classes must be >= 1, got {num_classes}")
@@ -91,8 +92,9 @@ class LoadedModel:
         self.model.set_submodule(self.head_name, new)
         self.recipe["num_classes"] = num_classes
         self.new_keys = [f"{self.head_name}.{k}" for k in new.state_dict()]
-        log.info("new head %s: %d -> %d classes; newly initialized: %s",
-                 self.head_name, old.out_features, num_classes, ", ".join(self.new_keys))
+        if announce:
+            log.info("new head %s: %d -> %d classes; newly initialized: %s",
+                     self.head_name, old.out_features, num_classes, ", ".join(self.new_keys))
         return self.new_keys
 
     def body_parameters(self) -> list[nn.Parameter]:

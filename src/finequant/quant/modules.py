@@ -63,6 +63,7 @@ class QuantLayer(nn.Module):
         self.observer: Observer | None = OBSERVERS.get(observer)(act_spec, seed) if act_mode == "static" else None
         self.calibrating = False
         self.qat = False  # True: weights re-quantized from the live float weights every forward (STE)
+        self.observe_in_training = False  # QAT: activation ranges keep following the data until frozen
         self.register_buffer("act_scale", None)
         self.register_buffer("act_zero_point", None)
         self.register_buffer("weight_scale", None)
@@ -110,7 +111,7 @@ class QuantLayer(nn.Module):
         if spec.scheme == "bf16":
             return w.bfloat16().to(w.dtype)
         if self.qat and spec.scheme == "affine":
-            return fake_quantize(w, self.weight_scale, self.weight_zero_point, spec)
+            return fake_quantize(w, *qparams(*minmax_of(w, spec), spec), spec)
         if self._dequantized is None:
             codes = self.weight_codes()
             if spec.scheme == "pow2":
@@ -147,6 +148,9 @@ class QuantLayer(nn.Module):
         if self.calibrating:
             self.observer.observe(x)
             return self.layer(x, *args, **kwargs)
+        if self.training and self.observe_in_training and self.observer is not None:
+            self.observer.observe(x)
+            self.act_scale, self.act_zero_point = self.observer.qparams()
         if not isinstance(self.layer, nn.Embedding):
             x = self.quantize_input(x)
         return functional_call(self.layer, {"weight": self.quantized_weight()}, (x, *args), kwargs)

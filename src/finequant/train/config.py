@@ -22,7 +22,8 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 class FinetuneConfig:
     """How to fine-tune. ``lr`` is the head's learning rate; the body gets ``lr / lr_mult``.
 
-    ``train_bn`` lets frozen BatchNorm layers update their statistics; ``freeze_bn_stats`` keeps
+    ``distill_weight`` and ``distill_temperature`` apply when ``finetune`` gets a teacher model
+    (QAT distills from the float model). ``train_bn`` lets frozen BatchNorm layers update their statistics; ``freeze_bn_stats`` keeps
     every BatchNorm's statistics at their pretrained values, even in trained blocks (small data,
     small batches, and the late phase of QAT).
     """
@@ -51,6 +52,8 @@ class FinetuneConfig:
     feature_cache: bool = True
     image_size: int | None = None
     max_grad_norm: float | None = 5.0
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     seed: int = 0
     num_workers: int = 0
 
@@ -71,6 +74,8 @@ class FinetuneConfig:
         for key in ("weight_decay", "l1", "l2sp", "label_smoothing", "warmup_frac", "freeze_blocks"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0")
+        if not 0 <= self.distill_weight <= 1 or self.distill_temperature <= 0:
+            raise ConfigError("distill_weight must be in [0, 1] and distill_temperature > 0")
         if self.train_bn and self.freeze_bn_stats:
             raise ConfigError("train_bn and freeze_bn_stats contradict each other: set at most one")
         if self.label_smoothing >= 1 or self.warmup_frac >= 1:

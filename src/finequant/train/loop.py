@@ -168,11 +168,19 @@ def _train_sampler(dataset, labels: torch.Tensor, cfg: FinetuneConfig, info: Dis
     return sampler
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``."""
+    return F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+                    reduction="batchmean", log_target=True) * temperature**2
+
+
 def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfig | None = None,
-             out_dir: str | Path | None = None, resume: bool = False) -> FinetuneResult:
+             out_dir: str | Path | None = None, resume: bool = False,
+             teacher: nn.Module | None = None) -> FinetuneResult:
     """Fine-tune ``loaded`` on ``data`` (split with ``cfg.seed`` if not already split).
 
     Writes ``OUT/checkpoint.pt`` every epoch and ``OUT/model`` at the end when ``out_dir`` is given.
+    With a ``teacher`` the loss mixes in distillation from its logits (``cfg.distill_weight``).
     """
     cfg = cfg or FinetuneConfig()
     info = init_distributed()
@@ -188,6 +196,8 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     head_module, head = loaded.head, head_names(loaded)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     phases = STRATEGIES.get(cfg.strategy)(loaded, cfg)
     epoch_phase = [i for i, ph in enumerate(phases) for _ in range(ph.epochs)]
     pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in head} if cfg.l2sp else {}
@@ -252,6 +262,11 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
                 logits = forward(train_module, inputs)
                 loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(device),
                                        label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = forward(teacher, inputs)
+                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(
+                        logits, soft, cfg.distill_temperature)
                 total = loss + regularization(model, phase.trainable, cfg, pretrained)
                 if not torch.isfinite(total):
                     raise TrainingDiverged(

@@ -31,7 +31,9 @@ STRATEGIES: Registry[PlanFn] = Registry("fine-tuning strategy")
 
 
 def head_names(loaded: LoadedModel) -> frozenset[str]:
-    return frozenset(f"{loaded.head_name}.{n}" for n, _ in loaded.head.named_parameters())
+    """Parameter names under the head module (also when a quantization wrapper holds it)."""
+    prefix = loaded.head_name + "."
+    return frozenset(n for n, _ in loaded.model.named_parameters() if n.startswith(prefix))
 
 
 def block_groups(model: nn.Module, head: frozenset[str]) -> list[list[str]]:

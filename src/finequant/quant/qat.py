@@ -1,0 +1,51 @@
+"""Quantization-aware training: fake-quantize, fine-tune with the transfer-learning loop, convert.
+
+Recipe (Jacob et al. 2018; Krishnamoorthi 2018): start from the float model and calibrated ranges,
+train with straight-through fake quantization and distillation from the float model as teacher;
+for the last part of training freeze the activation ranges and the BatchNorm statistics; then
+fold BatchNorm into the quantized weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from finequant.data.base import Splits
+from finequant.models.base import LoadedModel
+from finequant.quant.api import QuantizedModel, _batches, calibrate, prepare
+from finequant.quant.config import QuantConfig
+from finequant.quant.fold import fold_batchnorm
+from finequant.train import FinetuneConfig, FinetuneResult, finetune
+
+
+def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: QuantConfig,
+                                ftcfg: FinetuneConfig, calib_data: Iterable, *, distill: bool = True,
+                                freeze_frac: float = 0.3) -> tuple[QuantizedModel, FinetuneResult]:
+    """QAT of a float model: returns the converted quantized model and the last training result."""
+    qm = prepare(loaded, replace(qcfg, method="qat"))
+    batches = _batches(calib_data, qcfg.calib_batches)
+    calibrate(qm, batches)
+    layers = list(qm.quant_layers().values())
+    for layer in layers:
+        layer.qat, layer.observe_in_training = True, True
+    student = replace(loaded, model=qm.model, new_keys=[], recipe=dict(loaded.recipe))
+    teacher = loaded.model if distill else None
+    late = max(1, round(ftcfg.epochs * freeze_frac))
+    # The wrapped head sees quantized inputs, so cached float features would be wrong: no cache.
+    base = replace(ftcfg, strategy="full", feature_cache=False, lp_epochs=None)
+    result = None
+    if ftcfg.epochs > late:
+        result = finetune(student, splits, replace(base, epochs=ftcfg.epochs - late), teacher=teacher)
+    for layer in layers:
+        layer.observe_in_training = False
+    result = finetune(student, splits, replace(base, epochs=late, train_bn=False, freeze_bn_stats=True),
+                      teacher=teacher)
+    for layer in layers:
+        layer.qat = False
+    if qcfg.fold_bn:
+        qm.folded = fold_batchnorm(qm.model, batches[0])
+    for layer in layers:
+        layer.refresh_weight_qparams()
+    qm.model.eval()
+    return qm, result
