@@ -59,14 +59,16 @@ def save_quantized(qm: QuantizedModel, loaded: LoadedModel, out_dir: str | Path)
             tensors[f"{name}.weight.codes"] = pack_codes(layer.weight_codes(), spec.bits, _code_offset(layer))
         for key, t in (("weight.scale", layer.weight_scale), ("weight.zero_point", layer.weight_zero_point),
                        ("weight.codebook", layer.codebook), ("act.scale", layer.act_scale),
-                       ("act.zero_point", layer.act_zero_point)):
+                       ("act.zero_point", layer.act_zero_point), ("out.scale", layer.out_scale),
+                       ("out.zero_point", layer.out_zero_point)):
             if t is None or (key == "weight.zero_point" and not t.any()):  # symmetric: all zero, not stored
                 continue
             tensors[f"{name}.{key}"] = t.detach().contiguous().clone()
         layers[name] = entry
     for key, t in qm.model.state_dict().items():
         if key in wrapped or key.rsplit(".", 1)[-1] in ("act_scale", "act_zero_point", "weight_scale",
-                                                           "weight_zero_point", "codebook"):
+                                                           "weight_zero_point", "codebook", "out_scale",
+                                                           "out_zero_point"):
             continue
         tensors[f"float.{key}"] = t.detach().cpu().clone().contiguous()
     atomic_write_bytes(out / QUANT_WEIGHTS, save(tensors, metadata={"format": "finequant-quant"}))
@@ -87,7 +89,8 @@ def _decode_weight(entry: dict[str, Any], tensors: dict[str, torch.Tensor], name
     if zero_point is None and scale is not None and spec.scheme == "affine":
         zero_point = torch.zeros(scale.shape, dtype=torch.int32)
     q = LayerQParams(spec, scale, zero_point, entry["act_mode"], act_spec, get(f"{name}.act.scale"),
-                     get(f"{name}.act.zero_point"), get(f"{name}.weight.codebook"))
+                     get(f"{name}.act.zero_point"), get(f"{name}.weight.codebook"), get(f"{name}.out.scale"),
+                     get(f"{name}.out.zero_point"))
     if spec.is_float:
         return tensors[f"{name}.weight.cast"].float(), q
     if spec.scheme == "pow2":

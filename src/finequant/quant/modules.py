@@ -37,6 +37,8 @@ class LayerQParams:
     act_scale: torch.Tensor | None = None
     act_zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
+    out_scale: torch.Tensor | None = None
+    out_zero_point: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def t(x: torch.Tensor | None) -> Any:
@@ -46,7 +48,8 @@ class LayerQParams:
                 "weight_zero_point": t(self.weight_zero_point), "act_mode": self.act_mode,
                 "act_spec": None if self.act_spec is None else self.act_spec.__dict__,
                 "act_scale": t(self.act_scale), "act_zero_point": t(self.act_zero_point),
-                "codebook": t(self.codebook)}
+                "codebook": t(self.codebook), "out_scale": t(self.out_scale),
+                "out_zero_point": t(self.out_zero_point)}
 
 
 class QuantLayer(nn.Module):
@@ -61,11 +64,18 @@ class QuantLayer(nn.Module):
         self.weight_spec, self.act_mode, self.act_spec = weight_spec, act_mode, act_spec
         self.weight_observer = weight_observer
         self.observer: Observer | None = OBSERVERS.get(observer)(act_spec, seed) if act_mode == "static" else None
+        # Output ranges are not used in simulation; ONNX export quantizes a layer's output with them
+        # where no quantized layer consumes it directly (e.g. before a residual Add), as ORT needs a
+        # QuantizeLinear after a Conv to run it as QLinearConv.
+        self.output_observer: Observer | None = (OBSERVERS.get("minmax")(act_spec, seed)
+                                                 if act_mode == "static" else None)
         self.calibrating = False
         self.qat = False  # True: weights re-quantized from the live float weights every forward (STE)
         self.observe_in_training = False  # QAT: activation ranges keep following the data until frozen
         self.register_buffer("act_scale", None)
         self.register_buffer("act_zero_point", None)
+        self.register_buffer("out_scale", None)
+        self.register_buffer("out_zero_point", None)
         self.register_buffer("weight_scale", None)
         self.register_buffer("weight_zero_point", None)
         self.register_buffer("codebook", None)
@@ -128,6 +138,7 @@ class QuantLayer(nn.Module):
         if self.observer is None or not self.observer.observed:
             return
         self.act_scale, self.act_zero_point = self.observer.qparams()
+        self.out_scale, self.out_zero_point = self.output_observer.qparams()
         self.calibrating = False
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +158,9 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.calibrating:
             self.observer.observe(x)
-            return self.layer(x, *args, **kwargs)
+            y = self.layer(x, *args, **kwargs)
+            self.output_observer.observe(y)
+            return y
         if self.training and self.observe_in_training and self.observer is not None:
             self.observer.observe(x)
             self.act_scale, self.act_zero_point = self.observer.qparams()
@@ -158,13 +171,15 @@ class QuantLayer(nn.Module):
     # --- qparams in and out ----------------------------------------------------------------------
     def qparams(self) -> LayerQParams:
         return LayerQParams(self.weight_spec, self.weight_scale, self.weight_zero_point, self.act_mode,
-                            self.act_spec, self.act_scale, self.act_zero_point, self.codebook)
+                            self.act_spec, self.act_scale, self.act_zero_point, self.codebook,
+                            self.out_scale, self.out_zero_point)
 
     @torch.no_grad()
     def load_qparams(self, q: LayerQParams) -> None:
         self.weight_spec, self.act_mode, self.act_spec = q.weight_spec, q.act_mode, q.act_spec
         self.weight_scale, self.weight_zero_point, self.codebook = q.weight_scale, q.weight_zero_point, q.codebook
         self.act_scale, self.act_zero_point = q.act_scale, q.act_zero_point
+        self.out_scale, self.out_zero_point = q.out_scale, q.out_zero_point
         self._dequantized = None
 
     def extra_repr(self) -> str:

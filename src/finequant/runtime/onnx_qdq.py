@@ -1,0 +1,205 @@
+"""Export to ONNX: fp32, or QDQ int8 carrying finequant's own qparams.
+
+The float graph comes from ``torch.onnx.export`` (TorchScript exporter: no onnxscript needed). For
+int8 we rewrite it ourselves rather than calling ORT's ``quantize_static``, so that our calibration,
+per-layer bit widths and learned weights reach the runtime unchanged: each quantized Conv/Gemm gets
+its weight as an int8 initializer + DequantizeLinear (per channel), its bias as int32 + DQ, and
+QuantizeLinear/DequantizeLinear pairs on its input and, where no quantized layer follows, its output.
+ONNX Runtime then fuses these into integer kernels (QLinearConv, QLinearMatMul, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from finequant.errors import FinequantError
+from finequant.io import atomic_write_bytes
+from finequant.quant.api import QuantizedModel
+from finequant.quant.modules import QuantLayer
+
+log = logging.getLogger(__name__)
+OPSET = 17
+ACTIVATIONS = ("Relu", "Clip")
+
+
+def _float_copy(model: nn.Module) -> nn.Module:
+    """The model with every QuantLayer replaced by its float layer holding the dequantized weight."""
+    net = copy.deepcopy(model).eval()
+    for name, layer in list(net.named_modules()):
+        if isinstance(layer, QuantLayer):
+            inner = layer.layer
+            with torch.no_grad():
+                inner.weight.copy_(layer.quantized_weight().detach())
+            net.set_submodule(name, inner)
+    return net
+
+
+def export_float(model: nn.Module, example: torch.Tensor, path: str | Path | None = None) -> onnx.ModelProto:
+    """fp32 ONNX with a dynamic batch axis (input ``input``, output ``logits``)."""
+    buf = io.BytesIO()
+    try:
+        # The TorchScript exporter keeps parameter names as initializer names, which the QDQ rewrite
+        # keys on, and needs no onnxscript; torch deprecates it in favour of torch.export (dynamo=True).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as e:  # the exporter raises many types for unsupported ops
+        raise FinequantError(f"ONNX export failed ({type(e).__name__}: {str(e)[:300]}); the model has an "
+                             "operation the ONNX exporter cannot express") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString())
+    return proto
+
+
+class _Graph:
+    """Small helper over an ONNX graph: producers, consumers, initializers, unique names."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto, self.graph = proto, proto.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+
+    def consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        return [n for n in self.graph.node if tensor in n.input]
+
+    def drop_init(self, name: str) -> None:
+        """Remove an initializer that no node uses any more (the float weight we replaced)."""
+        if name in self.inits and not self.consumers(name):
+            self.graph.initializer.remove(self.inits.pop(name))
+
+    def add_init(self, name: str, array: np.ndarray) -> str:
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        self.inits[name] = self.graph.initializer[-1]
+        return name
+
+    def qdq(self, tensor: str, scale: float, zero_point: int) -> str:
+        """Insert QuantizeLinear -> DequantizeLinear (uint8, per tensor) on ``tensor`` for all its consumers."""
+        consumers = self.consumers(tensor)
+        s = self.add_init(f"{tensor}_scale", np.array(scale, dtype=np.float32))
+        z = self.add_init(f"{tensor}_zero_point", np.array(zero_point, dtype=np.uint8))
+        q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
+        self.graph.node.append(helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=f"{tensor}_Q"))
+        self.graph.node.append(helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{tensor}_DQ"))
+        for node in consumers:  # a graph output keeps the float tensor
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = dq
+        return dq
+
+
+def _u8(scale: torch.Tensor, zero_point: torch.Tensor, what: str) -> tuple[float, int]:
+    z = int(zero_point.flatten()[0])
+    if not 0 <= z <= 255:
+        raise FinequantError(f"{what}: zero point {z} is not uint8; export needs asymmetric uint8 activations")
+    return float(scale.flatten()[0]), z
+
+
+def export_qdq(qm: QuantizedModel, example: torch.Tensor, path: str | Path | None = None) -> tuple[
+        onnx.ModelProto, dict[str, str]]:
+    """QDQ int8 ONNX of a statically quantized model. Returns the proto and, per layer, what was done."""
+    proto = export_float(_float_copy(qm.model), example)
+    g = _Graph(proto)
+    done: dict[str, str] = {}
+    quantized_inputs: dict[str, str] = {}
+    nodes_by_weight = {n.input[1]: n for n in g.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1}
+    exported: list[tuple[onnx.NodeProto, QuantLayer, str]] = []
+    for name, layer in qm.quant_layers().items():
+        node = nodes_by_weight.get(f"{name}.weight")
+        if layer.act_mode != "static" or layer.weight_spec.scheme != "affine" or layer.weight_spec.bits > 8:
+            done[name] = f"float in ONNX: {layer.weight_spec.scheme}{layer.weight_spec.bits}/{layer.act_mode} " \
+                         "has no int8 QDQ form"
+            continue
+        if node is None:
+            done[name] = "float in ONNX: its weight is not a Conv/Gemm initializer after export"
+            continue
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+            done[name] = "float in ONNX: Gemm without transB"
+            continue
+        exported.append((node, layer, name))
+    for node, layer, name in exported:
+        a_scale, a_zp = _u8(layer.act_scale, layer.act_zero_point, name)
+        x = node.input[0]
+        quantized_inputs[x] = quantized_inputs.get(x) or g.qdq(x, a_scale, a_zp)
+        w_scale = layer.weight_scale.detach().flatten().numpy().astype(np.float32)
+        codes = layer.weight_codes().numpy().astype(np.int8)
+        if w_scale.size == 1:
+            w_scale = np.full(codes.shape[0], w_scale[0], dtype=np.float32)
+        w = node.input[1]
+        wq = g.add_init(f"{w}_quantized", codes)
+        ws = g.add_init(f"{w}_scale", w_scale)
+        wz = g.add_init(f"{w}_zero_point", np.zeros(codes.shape[0], dtype=np.int8))
+        g.graph.node.append(helper.make_node("DequantizeLinear", [wq, ws, wz], [f"{w}_dequantized"],
+                                             name=f"{w}_DQ", axis=0))
+        node.input[1] = f"{w}_dequantized"
+        g.drop_init(w)
+        if len(node.input) > 2 and node.input[2] in g.inits:
+            b = node.input[2]
+            bias = numpy_helper.to_array(g.inits[b]).astype(np.float64)
+            b_scale = (a_scale * w_scale).astype(np.float32)
+            b_codes = np.round(bias / b_scale).clip(-(2**31), 2**31 - 1).astype(np.int32)
+            bq = g.add_init(f"{b}_quantized", b_codes)
+            bs = g.add_init(f"{b}_scale", b_scale)
+            bz = g.add_init(f"{b}_zero_point", np.zeros_like(b_codes))
+            g.graph.node.append(helper.make_node("DequantizeLinear", [bq, bs, bz], [f"{b}_dequantized"],
+                                                 name=f"{b}_DQ", axis=0))
+            node.input[2] = f"{b}_dequantized"
+            g.drop_init(b)
+        done[name] = "int8 QDQ"
+    # Outputs: a Conv/Gemm runs as an integer kernel only when a QuantizeLinear follows it (directly, or
+    # after a Relu/Clip that ORT folds into the Q). Where none does, quantize the output itself.
+    for node, layer, name in exported:
+        y = node.output[0]
+        consumers = g.consumers(y)
+        followed = consumers and all(
+            c.op_type == "QuantizeLinear" or (c.op_type in ACTIVATIONS and g.consumers(c.output[0]) and all(
+                cc.op_type == "QuantizeLinear" for cc in g.consumers(c.output[0]))) for c in consumers)
+        if not followed and consumers:
+            g.qdq(y, *_u8(layer.out_scale, layer.out_zero_point, name))
+    _topological_sort(g.graph)
+    onnx.checker.check_model(proto)
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString())
+    return proto, done
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Re-order nodes so every input is produced before use (ONNX requires it; we appended Q/DQ nodes)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = False
+        for node in list(pending):
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                pending.remove(node)
+                progress = True
+        if not progress:
+            raise FinequantError(f"ONNX graph has a cycle or a missing input near {pending[0].name}")
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def graph_ops(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in proto.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def describe(proto: onnx.ModelProto) -> dict[str, Any]:
+    return {"opset": proto.opset_import[0].version, "ops": graph_ops(proto),
+            "initializer_bytes": sum(numpy_helper.to_array(i).nbytes for i in proto.graph.initializer)}

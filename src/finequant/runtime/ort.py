@@ -1,0 +1,44 @@
+"""ONNX Runtime execution: sessions with full graph optimization, and the ops they end up running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from finequant.runtime.onnx_qdq import graph_ops
+
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
+               "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearGlobalAveragePool")
+
+
+def session(model: str | Path | bytes, threads: int | None = None, optimized_path: str | Path | None = None
+            ) -> ort.InferenceSession:
+    """A CPU session with all graph optimizations; ``optimized_path`` saves the graph ORT will run."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def optimized_ops(model: str | Path | bytes, workdir: str | Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually executes after its optimizations."""
+    path = Path(workdir) / "optimized.onnx"
+    session(model, optimized_path=path)
+    return graph_ops(onnx.load(str(path)))
+
+
+def integer_ops(ops: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in ops.items() if k in INTEGER_OPS}

@@ -1,0 +1,58 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from finequant.data import load_data, make_loader, stratified_split
+from finequant.models.base import LoadedModel, Preprocess
+from finequant.quant import QuantConfig, quantize
+from finequant.runtime.onnx_qdq import export_float, export_qdq
+from finequant.runtime.ort import integer_ops, optimized_ops, run, session
+from finequant.train import FinetuneConfig, finetune
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                        nn.Conv2d(32, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    loaded = LoadedModel(net, "test:cnn", "image", "11", {"spec": "test:cnn"},
+                         preprocess=Preprocess(input_size=16, crop_pct=1.0))
+    splits = stratified_split(load_data("digits"), seed=0)
+    result = finetune(loaded, splits, FinetuneConfig(strategy="full", epochs=10, lr=2e-2, lr_mult=1,
+                                                                 batch_size=32))
+    assert result.metrics["test"]["accuracy"] > 0.9
+    qm = quantize(loaded, QuantConfig(), make_loader(splits.train, loaded, batch_size=64, shuffle=True))
+    x = torch.cat([b[0] for b in make_loader(splits.test, loaded, batch_size=128)])
+    return loaded, qm, x
+
+
+def test_qdq_export_runs_on_integer_kernels_and_matches_simulation(trained, tmp_path):
+    loaded, qm, x = trained
+    proto, done = export_qdq(qm, x[:1], tmp_path / "q.onnx")
+    assert set(done.values()) == {"int8 QDQ"} and len(done) == 4
+    weights = {i.name: i for i in proto.graph.initializer}
+    assert weights["0.weight_quantized"].data_type == onnx.TensorProto.INT8
+    assert "0.weight" not in weights  # the float weight is gone: the file holds int8
+    ops = optimized_ops(tmp_path / "q.onnx", tmp_path)
+    ints = integer_ops(ops)
+    assert ints.get("QLinearConv", 0) == 3 and sum(ints.values()) >= 4, ops
+    assert "Conv" not in ops  # no convolution left in float
+    got = run(session(tmp_path / "q.onnx"), x.numpy())
+    with torch.no_grad():
+        sim = qm.model(x).numpy()
+    cos = (got * sim).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(sim, axis=1)
+    assert cos.mean() >= 0.999
+    top2 = np.sort(sim, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.05 * sim.std()  # disagreement only allowed on near-ties
+    assert clear.mean() > 0.9 and (got.argmax(1) == sim.argmax(1))[clear].mean() >= 0.99
+
+
+def test_float_export_matches_pytorch_with_dynamic_batch(trained, tmp_path):
+    loaded, _, x = trained
+    export_float(loaded.model, x[:1], tmp_path / "f.onnx")
+    got = run(session(tmp_path / "f.onnx"), x[:7].numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(got, loaded.model(x[:7]).numpy(), rtol=1e-4, atol=1e-4)
