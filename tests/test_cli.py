@@ -56,3 +56,32 @@ def test_finetune_then_quantize_cli(tmp_path):
     assert s["sizes"]["size_ratio"] < 0.35
     assert s["config"]["quantize"]["method"] == "static"
     assert "top-1 agreement" in result.output
+
+
+def test_eval_bench_export_on_runtimes(tmp_path):
+    run, q = tmp_path / "run", tmp_path / "q"
+    assert runner.invoke(app, ["finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data",
+                               "digits", "--strategy", "full", "--epochs", "2", "--image-size", "32",
+                               "--max-samples", "300", "--out", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["quantize", str(run), "--calib", "4", "--out", str(q)]).exit_code == 0
+    sim = runner.invoke(app, ["eval", str(q), "--backend", "torch-sim", "--out", str(tmp_path / "e1")])
+    ort = runner.invoke(app, ["eval", str(q), "--backend", "onnxruntime", "--out", str(tmp_path / "e2")])
+    assert sim.exit_code == 0 and ort.exit_code == 0, ort.output
+    a = json.loads((tmp_path / "e1" / "summary.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "e2" / "summary.json").read_text())["metrics"]
+    assert a["samples"] == b["samples"] == 60 and abs(a["accuracy"] - b["accuracy"]) <= 0.05
+    result = runner.invoke(app, ["bench", str(run), str(q), "--backend", "onnxruntime", "--backend", "torch",
+                                 "--batch", "1,4", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b" / "summary.json").read_text())["metrics"]["rows"]
+    measured = [r for r in rows if "skipped" not in r]
+    assert len(measured) == 6 and all(r["p50_ms"] > 0 and r["throughput_per_s"] > 0 for r in measured)
+    assert [r["backend"] for r in rows if "skipped" in r] == ["torch"]  # int8 does not run on eager torch
+    int8 = next(r for r in measured if r["model"] == str(q))
+    fp32 = next(r for r in measured if r["model"] == str(run) and r["backend"] == "onnxruntime")
+    assert int8["file_bytes"] < 0.5 * fp32["file_bytes"]  # tiny model: names and qparams weigh in
+    for fmt, name in (("onnx", "m.onnx"), ("pt2", "m.pt2")):
+        result = runner.invoke(app, ["export", str(q if fmt == "onnx" else run), "--format", fmt,
+                                     "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "cosine" in result.output and (tmp_path / name).stat().st_size > 0

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finequant.cli import catalog, demo, finetune, planned, quantize
+from finequant.cli import catalog, demo, deploy, finetune, planned, quantize
 from finequant.errors import FinequantError
 
 console = Console()
@@ -24,6 +24,7 @@ catalog.register(app)
 finetune.register(app)
 demo.register(app)
 quantize.register(app)
+deploy.register(app)
 planned.register(app)
 
 

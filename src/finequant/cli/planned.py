@@ -9,9 +9,6 @@ import typer
 
 _PLANNED = {
     "tune": "Search per-layer precision within an accuracy budget; advanced PTQ.",
-    "eval": "Evaluate a model or quantized artifact on a backend.",
-    "bench": "Benchmark latency, throughput, size and memory on a backend.",
-    "export": "Export to ONNX (QDQ) or pt2 and verify the exported file.",
     "report": "Build an HTML/Markdown report from run folders.",
     "run": "Run a YAML pipeline (finetune -> quantize/tune -> export -> bench -> report).",
 }

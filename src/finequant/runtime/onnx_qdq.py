@@ -33,7 +33,7 @@ OPSET = 17
 ACTIVATIONS = ("Relu", "Clip")
 
 
-def _float_copy(model: nn.Module) -> nn.Module:
+def float_copy(model: nn.Module) -> nn.Module:
     """The model with every QuantLayer replaced by its float layer holding the dequantized weight."""
     net = copy.deepcopy(model).eval()
     for name, layer in list(net.named_modules()):
@@ -110,7 +110,7 @@ def _u8(scale: torch.Tensor, zero_point: torch.Tensor, what: str) -> tuple[float
 def export_qdq(qm: QuantizedModel, example: torch.Tensor, path: str | Path | None = None) -> tuple[
         onnx.ModelProto, dict[str, str]]:
     """QDQ int8 ONNX of a statically quantized model. Returns the proto and, per layer, what was done."""
-    proto = export_float(_float_copy(qm.model), example)
+    proto = export_float(float_copy(qm.model), example)
     g = _Graph(proto)
     done: dict[str, str] = {}
     quantized_inputs: dict[str, str] = {}
