@@ -43,12 +43,15 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/transfer"))
     ap.add_argument("--out", type=Path, default=Path("runs/quant"))
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "quant.json")
+    ap.add_argument("--only", nargs="*", help="Subset of row names (group/name).")
     args = ap.parse_args()
-    results: dict[str, dict] = {}
-    qat = FinetuneConfig(epochs=2, lr=1e-4, lr_mult=1.0, distill_weight=0.5)
+    results: dict[str, dict] = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    qat = FinetuneConfig(epochs=2, lr=1e-4, lr_mult=1.0, distill_weight=0.5, freeze_bn_stats=True)
     for group, source, table in (("vision", args.runs / "vision" / "lp-ft", VISION),
                                  ("text", args.runs / "text" / "last-layer", TEXT)):
         for name, cfg in table.items():
+            if args.only and f"{group}/{name}" not in args.only:
+                continue
             slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
             r = run_quantize(str(source), cfg, args.out / group / slug, qat=qat)
             m, s = r["metrics"], r["sizes"]

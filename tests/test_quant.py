@@ -303,3 +303,22 @@ def test_quantized_artifact_round_trip_is_exact_and_packed(tmp_path, cfg):
     size = (tmp_path / "q" / QUANT_WEIGHTS).stat().st_size
     assert size < qm.packed_weight_bytes() * 1.05 + 32768  # + the safetensors header (tensor names)
     assert set(qparams) == set(qm.quant_layers())
+
+
+def _channel_sqnr(w, approx):
+    """Mean over output channels of each channel's SQNR: every channel's relative error counts."""
+    return sum(sqnr_db(a, b) for a, b in zip(w, approx)) / len(w)
+
+
+def test_per_channel_nonlinear_beats_per_tensor_on_uneven_channels():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 16, 3, 3, generator=g) * torch.logspace(-2, 0, 32)[:, None, None, None]
+    for bits in (3, 4):
+        codes, scale, levels = pow2_quantize(w, bits, per_channel=True)
+        assert scale.shape == (32,)
+        per_ch = _channel_sqnr(w, pow2_dequantize(codes, scale, levels))
+        assert per_ch > _channel_sqnr(w, pow2_dequantize(*pow2_quantize(w, bits))) + 3
+        idx, book = kmeans_codebook(w, bits, per_channel=True)
+        assert book.shape == (32, 2**bits) and idx.shape == w.shape
+        per_tensor = _channel_sqnr(w, kmeans_dequantize(*kmeans_codebook(w, bits)))
+        assert _channel_sqnr(w, kmeans_dequantize(idx, book)) > per_tensor + 5

@@ -99,7 +99,8 @@ def quantize_command(
     qcfg = QuantConfig(method=method, weight_bits=bits, act_bits=act_bits, granularity=granularity,
                        group_size=group_size, scheme=scheme, observer=observer, weight_observer=weight_observer,
                        calib_batches=calib, skip=list(skip or []), seed=seed)
-    qat = FinetuneConfig(epochs=qat_epochs, lr=qat_lr, lr_mult=1.0, distill_weight=distill, seed=seed)
+    qat = FinetuneConfig(epochs=qat_epochs, lr=qat_lr, lr_mult=1.0, distill_weight=distill, seed=seed,
+                         freeze_bn_stats=True)
     result = run_quantize(source, qcfg, out, data=data, batch_size=batch_size, qat=qat)
     m, s = result["metrics"], result["sizes"]
     table = Table(title=f"{source}: {method} W{bits}" + ("" if method in ("weight-only", "nonlinear") else f"A{act_bits}"))

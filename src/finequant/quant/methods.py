@@ -91,4 +91,5 @@ METHODS.register("bf16", "bfloat16 weights and activations")(_cast("bf16"))
 @METHODS.register("nonlinear", "power-of-two (log) or k-means codebook weights, float activations")
 def nonlinear(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
     scheme = cfg.scheme if cfg.scheme in ("pow2", "kmeans") else "pow2"
-    return LayerPlan(QuantSpec(scheme=scheme, bits=cfg.weight_bits, granularity="per-tensor"))
+    granularity = "per-tensor" if cfg.granularity == "per-tensor" else "per-channel"
+    return LayerPlan(QuantSpec(scheme=scheme, bits=cfg.weight_bits, granularity=granularity))

