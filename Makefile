@@ -5,13 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.finequant-installed
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-slow test-all clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU-usable build that lies on this machine's disk.
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[dev]"
@@ -23,6 +22,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 test-all: setup
 	$(PY) -m pytest -q

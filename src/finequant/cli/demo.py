@@ -1,63 +1,108 @@
 """``finequant demo``: the main job on the bundled assets, end to end, with per-step times.
 
-vision: ImageNet EfficientNet-Lite0 -> mnist5k (lp-ft at 64 px); text: MiniLM -> Rotten Tomatoes
-(linear probe on cached sentence embeddings). Quantization, export and benchmarks join as they land.
+vision: ImageNet EfficientNet-Lite0 -> mnist5k: lp-ft at 64 px, static int8 (per-channel W8A8),
+ONNX Runtime evaluation of the real int8 model, latency fp32 vs int8 on ONNX Runtime.
+text: MiniLM -> Rotten Tomatoes subset: linear probe, dynamic int8 and fp16 (simulated accuracy).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from finequant.cli.deploy import evaluate_runner
 from finequant.cli.finetune import run_finetune
+from finequant.cli.quantize import run_quantize
+from finequant.quant import QuantConfig
+from finequant.runtime.backends import Saved, open_runner
+from finequant.runtime.bench import measure_side_by_side
 from finequant.summary import write_summary
 from finequant.train import FinetuneConfig
 
 console = Console()
 
-DEMOS = {
+DEMOS: dict[str, dict[str, Any]] = {
     "vision": dict(model="efficientnet_lite0", data="mnist5k", max_samples=None,
                    cfg=FinetuneConfig(strategy="lp-ft", epochs=3, lp_epochs=1, image_size=64, lr=3e-3,
-                                      freeze_bn_stats=True)),
+                                      freeze_bn_stats=True),
+                   quant={"int8 static": QuantConfig()}),
     "text": dict(model="minilm", data="rotten_tomatoes", max_samples=2000,
-                 cfg=FinetuneConfig(strategy="last-layer", epochs=8, lr=1e-2, batch_size=32)),
+                 cfg=FinetuneConfig(strategy="last-layer", epochs=8, lr=1e-2, batch_size=32),
+                 quant={"int8 dynamic": QuantConfig(method="dynamic"), "fp16": QuantConfig(method="fp16")}),
 }
+
+
+class _Steps:
+    """Times each step and prints it as it ends."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.times[name] = time.perf_counter() - t0
+        console.print(f"[dim]step[/] {name}: {self.times[name]:.1f} s")
+        return out
+
+
+def _demo_one(name: str, out: Path, steps: _Steps) -> list[dict[str, Any]]:
+    d = DEMOS[name]
+    console.rule(f"{name}: {d['model']} -> {d['data']}")
+    run_dir = out / name / "finetune"
+    ft = steps.run(f"{name}: fine-tune ({d['cfg'].strategy})", run_finetune, d["model"], d["data"], d["cfg"], run_dir,
+                   max_samples=d["max_samples"])
+    fp32_bytes = (run_dir / "model" / "model.safetensors").stat().st_size
+    rows = [{"variant": f"{name} fp32", "accuracy": ft.metrics["test"]["accuracy"], "size_bytes": fp32_bytes,
+             "backend": "torch", "path": str(run_dir)}]
+    for label, qcfg in d["quant"].items():
+        qdir = out / name / label.replace(" ", "-")
+        q = steps.run(f"{name}: quantize {label}", run_quantize, str(run_dir), qcfg, qdir)
+        rows.append({"variant": f"{name} {label}", "accuracy": q["metrics"]["quantized"]["accuracy"],
+                     "size_bytes": q["sizes"]["artifact_bytes"], "backend": "torch-sim", "path": str(qdir)})
+    if name == "vision":  # the int8 model on real integer kernels, and its speed against fp32
+        int8 = rows[1]
+        m = steps.run("vision: eval int8 on onnxruntime", evaluate_runner, Path(int8["path"]), "onnxruntime",
+                      None, None)
+        int8.update(accuracy=m["accuracy"], backend="onnxruntime")
+        runners = {r["variant"]: open_runner(r["path"], "onnxruntime") for r in rows}
+        x = Saved.open(rows[0]["path"]).example(1).numpy()
+        timed = steps.run("vision: bench fp32 vs int8 (onnxruntime, batch 1)", measure_side_by_side, runners, x,
+                          rounds=50)
+        base = timed[rows[0]["variant"]]["p50_ms"]
+        for r in rows:
+            r.update(latency_ms=timed[r["variant"]]["p50_ms"], speedup=base / timed[r["variant"]]["p50_ms"],
+                     backend="onnxruntime")
+    return rows
 
 
 def demo_command(
     which: str = typer.Argument("all", help="vision, text or all."),
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (one sub-folder per demo)."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (one sub-folder per step)."),
 ) -> None:
-    """Fine-tune the bundled models on the bundled data and print one results table."""
+    """Fine-tune the bundled models on the bundled data, quantize them, run int8 on ONNX Runtime,
+    and print one table (accuracy, size, latency, speed-up per variant)."""
     names = list(DEMOS) if which == "all" else [which]
     if any(n not in DEMOS for n in names):
         raise typer.BadParameter(f"{which!r}: choose vision, text or all")
-    table = Table(title="finequant demo")
-    for col in ("variant", "test acc", "macro-F1", "size MB", "step time s"):
-        table.add_column(col, justify="right")
-    rows = {}
+    steps, rows = _Steps(), []
     for name in names:
-        d = DEMOS[name]
-        console.rule(f"{name}: {d['model']} -> {d['data']} [{d['cfg'].strategy}]")
-        t0 = time.perf_counter()
-        result = run_finetune(d["model"], d["data"], d["cfg"], out / name, max_samples=d["max_samples"])
-        seconds = time.perf_counter() - t0
-        size = (out / name / "model" / "model.safetensors").stat().st_size / 1e6
-        test = result.metrics["test"]
-        rows[name] = {"model": d["model"], "data": d["data"], "strategy": d["cfg"].strategy,
-                      "test_accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "size_mb": size,
-                      "seconds": seconds, "run": str(out / name)}
-        console.print(f"{name}: fine-tune step {seconds:.1f} s")
-        table.add_row(f"{name} fp32 ({d['cfg'].strategy})", f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}",
-                      f"{size:.2f}", f"{seconds:.1f}")
+        rows += _demo_one(name, out, steps)
+    table = Table(title="finequant demo (test split)")
+    for col in ("variant", "backend", "test acc", "size MB", "latency ms (b1)", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["variant"], r["backend"], f"{r['accuracy']:.4f}", f"{r['size_bytes'] / 1e6:.2f}",
+                      f"{r['latency_ms']:.2f}" if "latency_ms" in r else "-",
+                      f"{r['speedup']:.2f}x" if "speedup" in r else "-")
     console.print(table)
-    write_summary(out, "demo", config={"which": which}, metrics=rows,
-                  timings={n: r["seconds"] for n, r in rows.items()})
-    console.print(f"summary: {out / 'summary.json'}")
+    write_summary(out, "demo", config={"which": which}, metrics={"variants": rows}, timings=steps.times)
+    console.print(f"total {sum(steps.times.values()):.0f} s; summary: {out / 'summary.json'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -41,9 +41,30 @@ def measure(runner: Runner, example: np.ndarray, *, warmup: int = 5, repeats: in
         times.append(time.perf_counter() - t0)
         if len(times) >= 10 * repeats:
             break
+    return {**_stats(times, example.shape[0]), "peak_rss_mb": _status_kb("VmHWM") / 1024,
+            "rss_growth_mb": (_status_kb("VmRSS") - rss_before) / 1024}
+
+
+def _stats(times: list[float], batch: int) -> dict[str, Any]:
     ms = np.array(times) * 1000
-    batch = example.shape[0]
     return {"batch": batch, "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
             "mean_ms": float(ms.mean()), "throughput_per_s": float(batch * 1000 / np.median(ms)),
-            "runs": len(times), "peak_rss_mb": _status_kb("VmHWM") / 1024,
-            "rss_growth_mb": (_status_kb("VmRSS") - rss_before) / 1024}
+            "runs": len(times)}
+
+
+def measure_side_by_side(runners: dict[str, Runner], example: np.ndarray, *, warmup: int = 3,
+                         rounds: int = 30, cycles: int = 5) -> dict[str, dict[str, Any]]:
+    """Latency of several runners timed in alternating blocks (A×n, B×n, C×n, A×n, ...; ``cycles``
+    blocks each, ``rounds`` timed runs in all), each block after ``warmup`` untimed runs, so that
+    drift in machine speed (shared or throttled CPUs) hits every contender alike and the ratios stay fair."""
+    per_block = max(1, rounds // cycles)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(cycles):
+        for name, runner in runners.items():
+            for _ in range(warmup):
+                runner.predict(example)
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                runner.predict(example)
+                times[name].append(time.perf_counter() - t0)
+    return {name: _stats(t, example.shape[0]) for name, t in times.items()}

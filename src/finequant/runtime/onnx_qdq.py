@@ -31,6 +31,7 @@ from finequant.quant.modules import QuantLayer
 log = logging.getLogger(__name__)
 OPSET = 17
 ACTIVATIONS = ("Relu", "Clip")
+PASS_THROUGH = ("MaxPool",)  # ops whose output range is within their input's (max over a window)
 
 
 def float_copy(model: nn.Module) -> nn.Module:
@@ -72,6 +73,28 @@ class _Graph:
         self.proto, self.graph = proto, proto.graph
         self.inits = {i.name: i for i in self.graph.initializer}
 
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of ``tensor`` if it is an initializer or a Constant node's output."""
+        if tensor in self.inits:
+            return numpy_helper.to_array(self.inits[tensor])
+        for n in self.graph.node:
+            if n.op_type == "Constant" and n.output[0] == tensor:
+                return numpy_helper.to_array(n.attribute[0].t)
+        return None
+
+    def activation_bounds(self, act: onnx.NodeProto) -> tuple[float, float]:
+        """Output range limits of a Relu or Clip node (Clip's min/max inputs, when constant)."""
+        if act.op_type == "Relu":
+            return 0.0, float("inf")
+        bounds = []
+        for i, default in ((1, -float("inf")), (2, float("inf"))):
+            value = self.constant(act.input[i]) if len(act.input) > i and act.input[i] else None
+            bounds.append(default if value is None else float(value))
+        return bounds[0], bounds[1]
+
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        return next((n for n in self.graph.node if tensor in n.output), None)
+
     def consumers(self, tensor: str) -> list[onnx.NodeProto]:
         return [n for n in self.graph.node if tensor in n.input]
 
@@ -98,6 +121,18 @@ class _Graph:
                 if name == tensor:
                     node.input[i] = dq
         return dq
+
+
+def _range(scale: torch.Tensor, zero_point: torch.Tensor, spec) -> tuple[float, float]:
+    s, z = float(scale.flatten()[0]), int(zero_point.flatten()[0])
+    return (spec.qmin - z) * s, (spec.qmax - z) * s
+
+
+def _u8_range(lo: float, hi: float) -> tuple[float, int]:
+    """uint8 asymmetric qparams covering [lo, hi] (widened to include 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / 255.0, 1e-12)
+    return scale, int(min(255, max(0, round(-lo / scale))))
 
 
 def _u8(scale: torch.Tensor, zero_point: torch.Tensor, what: str) -> tuple[float, int]:
@@ -132,6 +167,12 @@ def export_qdq(qm: QuantizedModel, example: torch.Tensor, path: str | Path | Non
     for node, layer, name in exported:
         a_scale, a_zp = _u8(layer.act_scale, layer.act_zero_point, name)
         x = node.input[0]
+        producer = g.producer(x)
+        if producer is not None and producer.op_type in PASS_THROUGH and producer.input[0] not in quantized_inputs:
+            # Same qparams on both sides of a MaxPool: ORT then runs it on uint8 and keeps the graph
+            # in int8 (and NHWC) instead of converting back to float around it.
+            u = producer.input[0]
+            quantized_inputs[u] = g.qdq(u, a_scale, a_zp)
         quantized_inputs[x] = quantized_inputs.get(x) or g.qdq(x, a_scale, a_zp)
         w_scale = layer.weight_scale.detach().flatten().numpy().astype(np.float32)
         codes = layer.weight_codes().numpy().astype(np.int8)
@@ -159,14 +200,23 @@ def export_qdq(qm: QuantizedModel, example: torch.Tensor, path: str | Path | Non
             g.drop_init(b)
         done[name] = "int8 QDQ"
     # Outputs: a Conv/Gemm runs as an integer kernel only when a QuantizeLinear follows it (directly, or
-    # after a Relu/Clip that ORT folds into the Q). Where none does, quantize the output itself.
+    # after a Relu/Clip that ORT folds into the Q). Where none does, quantize the activation's output
+    # (its range follows exactly from the calibrated pre-activation range, both functions being
+    # monotone), else the layer's own output.
     for node, layer, name in exported:
         y = node.output[0]
         consumers = g.consumers(y)
-        followed = consumers and all(
-            c.op_type == "QuantizeLinear" or (c.op_type in ACTIVATIONS and g.consumers(c.output[0]) and all(
-                cc.op_type == "QuantizeLinear" for cc in g.consumers(c.output[0]))) for c in consumers)
-        if not followed and consumers:
+        if not consumers or all(c.op_type == "QuantizeLinear" for c in consumers):
+            continue
+        lo, hi = _range(layer.out_scale, layer.out_zero_point, layer.act_spec)
+        if len(consumers) == 1 and consumers[0].op_type in ACTIVATIONS:
+            act = consumers[0]
+            z_consumers = g.consumers(act.output[0])
+            if z_consumers and all(c.op_type == "QuantizeLinear" for c in z_consumers):
+                continue
+            a_lo, a_hi = g.activation_bounds(act)
+            g.qdq(act.output[0], *_u8_range(min(max(lo, a_lo), a_hi), min(max(hi, a_lo), a_hi)))
+        else:
             g.qdq(y, *_u8(layer.out_scale, layer.out_zero_point, name))
     _topological_sort(g.graph)
     onnx.checker.check_model(proto)

@@ -14,10 +14,16 @@ INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "
                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearGlobalAveragePool")
 
 
-def session(model: str | Path | bytes, threads: int | None = None, optimized_path: str | Path | None = None
-            ) -> ort.InferenceSession:
-    """A CPU session with all graph optimizations; ``optimized_path`` saves the graph ORT will run."""
+def session(model: str | Path | bytes, threads: int | None = None, optimized_path: str | Path | None = None,
+            spin: bool = True) -> ort.InferenceSession:
+    """A CPU session with all graph optimizations; ``optimized_path`` saves the graph ORT will run.
+
+    ``spin=False`` stops idle worker threads from busy-waiting, so that several sessions (or PyTorch)
+    timed side by side in one process do not steal each other's cores.
+    """
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only
     if threads:

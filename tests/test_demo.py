@@ -1,0 +1,23 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from finequant.cli import app
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_its_table_matches_summary(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "all", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    variants = {v["variant"]: v for v in summary["metrics"]["variants"]}
+    assert set(variants) == {"vision fp32", "vision int8 static", "text fp32", "text int8 dynamic", "text fp16"}
+    for v in variants.values():
+        assert f"{v['accuracy']:.4f}" in result.output  # the printed table is the summary's numbers
+    assert variants["vision fp32"]["accuracy"] > 0.95
+    assert abs(variants["vision int8 static"]["accuracy"] - variants["vision fp32"]["accuracy"]) < 0.01
+    assert variants["vision int8 static"]["backend"] == "onnxruntime"
+    assert variants["vision int8 static"]["speedup"] > 1.0
+    assert variants["vision int8 static"]["size_bytes"] < 0.3 * variants["vision fp32"]["size_bytes"]
+    assert variants["text fp32"]["accuracy"] > 0.65
