@@ -322,3 +322,12 @@ def test_per_channel_nonlinear_beats_per_tensor_on_uneven_channels():
         assert book.shape == (32, 2**bits) and idx.shape == w.shape
         per_tensor = _channel_sqnr(w, kmeans_dequantize(*kmeans_codebook(w, bits)))
         assert _channel_sqnr(w, kmeans_dequantize(idx, book)) > per_tensor + 5
+
+
+def test_seed_article_call_from_the_top_level_package():
+    import finequant
+
+    net = _tiny_mlp()
+    fast = finequant.quantize_inference(net, finequant.qparams_from_model(net))
+    x = torch.randn(8, 16)
+    assert sqnr_db(net(x), fast(x)) > 30

@@ -94,7 +94,10 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
             continue
     if encoding != "utf-8-sig":
         log.warning("csv:%s is not UTF-8; read it as %s", path, encoding)
-    return list(csv.DictReader(io.StringIO(text)))
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise DataError(f"csv:{path}: not a valid CSV file ({e}); check quoting and line endings") from e
 
 
 @DATA_SOURCES.register("csv", "csv:PATH[?text=COL|image=COL&label=COL] - a table of texts or image paths")
