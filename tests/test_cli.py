@@ -85,3 +85,22 @@ def test_eval_bench_export_on_runtimes(tmp_path):
                                      "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         assert "cosine" in result.output and (tmp_path / name).stat().st_size > 0
+
+
+def test_tune_writes_sensitivity_and_meets_the_budget(tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data",
+                               "digits", "--strategy", "full", "--epochs", "2", "--image-size", "32",
+                               "--max-samples", "300", "--out", str(run)]).exit_code == 0
+    out = tmp_path / "tune"
+    result = runner.invoke(app, ["tune", str(run), "--max-drop", "1.0", "--bits", "4,8", "--calib", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    s = json.loads((out / "summary.json").read_text())["metrics"]
+    assert (out / "sensitivity.png").stat().st_size > 1000
+    assert len(s["sensitivity"]) == 2 * len(s["chosen_bits"])
+    predicted = sum(max(r["accuracy_drop"], 0) for r in s["sensitivity"]
+                    if s["chosen_bits"][r["layer"]] == r["bits"])
+    assert predicted <= 0.01 + 1e-9
+    assert s["packed_bytes"] <= s["uniform_8bit_packed_bytes"] * 1.6  # float layers can cost more than int8
+    assert (out / "quant.safetensors").is_file()

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finequant.cli import catalog, demo, deploy, finetune, planned, quantize
+from finequant.cli import catalog, demo, deploy, finetune, planned, quantize, tune
 from finequant.errors import FinequantError
 
 console = Console()
@@ -25,6 +25,7 @@ finetune.register(app)
 demo.register(app)
 quantize.register(app)
 deploy.register(app)
+tune.register(app)
 planned.register(app)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import typer
 
 _PLANNED = {
-    "tune": "Search per-layer precision within an accuracy budget; advanced PTQ.",
     "report": "Build an HTML/Markdown report from run folders.",
     "run": "Run a YAML pipeline (finetune -> quantize/tune -> export -> bench -> report).",
 }

@@ -1,0 +1,113 @@
+"""``finequant tune``: per-layer sensitivity, and mixed precision (weight bits per layer) within an
+accuracy budget, measured on the validation split and reported on the test split."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finequant.cli.quantize import resolve_model
+from finequant.data import load_data, make_loader, stratified_split
+from finequant.errors import SpecError
+from finequant.quant import QuantConfig, quantize
+from finequant.quant.artifact import save_quantized
+from finequant.quant.compare import compare_models
+from finequant.summary import write_summary
+from finequant.tune import FLOAT, choose_bits, layer_sensitivity, mixed_config
+
+console = Console()
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def sensitivity_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """Bar chart of accuracy drop per layer and bit width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    bits = sorted({r["bits"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layers)), 4))
+    width = 0.8 / len(bits)
+    for k, b in enumerate(bits):
+        drops = [100 * next(r["accuracy_drop"] for r in rows if r["layer"] == layer and r["bits"] == b)
+                 for layer in layers]
+        ax.bar([i + k * width for i in range(len(layers))], drops, width, label=f"{b}-bit weights")
+    ax.set_xticks([i + width * (len(bits) - 1) / 2 for i in range(len(layers))], layers, rotation=90, fontsize=6)
+    ax.set_ylabel("val accuracy drop (pt), only this layer quantized")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tune_command(
+    source: str = typer.Argument(..., help="Finetune run folder (or model folder/spec with --data)."),
+    out: Path = typer.Option(..., "--out", "-o"),
+    max_drop: float = typer.Option(0.5, help="Accuracy budget in points (absolute), on the validation split."),
+    method: str = typer.Option("static", help="Base method (static, weight-only, dynamic)."),
+    bits: str = typer.Option("4,8", help="Candidate weight bit widths; float is always a candidate."),
+    sensitivity_only: bool = typer.Option(False, help="Only write the per-layer sensitivity table and chart."),
+    calib: int = typer.Option(8, help="Calibration batches."),
+    data: str = typer.Option(None, help="Data spec (default: the run's)."),
+) -> None:
+    """Per-layer sensitivity, then the smallest per-layer precision mix within --max-drop (size objective)."""
+    loaded, run = resolve_model(source)
+    data = data or run.get("data")
+    if not data:
+        raise SpecError(f"{source} is not a finetune run folder: pass --data SPEC")
+    seed = (run.get("finetune") or {}).get("seed", 0)
+    if loaded.task == "image" and (run.get("finetune") or {}).get("image_size"):
+        loaded.preprocess = loaded.preprocess.with_size(run["finetune"]["image_size"])
+    splits = stratified_split(load_data(data), val_frac=run.get("val_frac", 0.1), test_frac=run.get("test_frac", 0.2),
+                              seed=seed, max_samples=run.get("max_samples"))
+    base = QuantConfig(method=method, calib_batches=calib)
+    calib_batches = [x for x, _ in make_loader(splits.train, loaded, batch_size=32, shuffle=True, seed=seed)][:calib]
+    val = list(make_loader(splits.val, loaded, batch_size=128))
+    table = layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))
+    rows = [asdict(r) for r in table]
+    out.mkdir(parents=True, exist_ok=True)
+    sensitivity_chart(rows, out / "sensitivity.png")
+    worst = sorted(rows, key=lambda r: -r["accuracy_drop"])[:8]
+    t = Table(title="most sensitive layers (validation split)")
+    for col in ("layer", "bits", "acc drop pt", "logit SQNR dB"):
+        t.add_column(col, justify="right")
+    for r in worst:
+        t.add_row(r["layer"], str(r["bits"]), f"{100 * r['accuracy_drop']:.2f}", f"{r['sqnr_db']:.1f}")
+    console.print(t)
+    result: dict[str, Any] = {"sensitivity": rows}
+    if not sensitivity_only:
+        chosen = choose_bits(table, max_drop / 100)
+        cfg = mixed_config(base, chosen)
+        qm = quantize(loaded, cfg, calib_batches)
+        val_cmp = compare_models(loaded.model, qm.model, val, len(splits.train.classes))
+        test_cmp = compare_models(loaded.model, qm.model, make_loader(splits.test, loaded, batch_size=128),
+                                  len(splits.train.classes))
+        save_quantized(qm, loaded, out)
+        uniform = quantize(loaded, base, calib_batches)
+        result.update(chosen_bits={k: ("float" if v == FLOAT else v) for k, v in chosen.items()},
+                      val=val_cmp, test=test_cmp, packed_bytes=qm.packed_weight_bytes(),
+                      uniform_8bit_packed_bytes=uniform.packed_weight_bytes())
+        counts = {b: sum(1 for v in chosen.values() if v == b) for b in set(chosen.values())}
+        mix = ', '.join(f"{n} layers at {'float' if b == FLOAT else f'{b}-bit'}" for b, n in counts.items())
+        console.print(f"chosen: {mix}; "
+                      f"val drop {val_cmp['accuracy_drop_pt']:+.2f} pt (budget {max_drop}), test accuracy "
+                      f"{test_cmp['quantized']['accuracy']:.4f} (float {test_cmp['float']['accuracy']:.4f}); weights "
+                      f"{qm.packed_weight_bytes() / 1e6:.2f} MB vs all-int8 {uniform.packed_weight_bytes() / 1e6:.2f} MB")
+    write_summary(out, "tune", config={"source": source, "data": data, "max_drop_pt": max_drop, "base": base,
+                                       "bits": bits, "sensitivity_only": sensitivity_only},
+                  metrics=result)
+    console.print(f"sensitivity chart: {out / 'sensitivity.png'}; summary.json in {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_command)
