@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +11,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from finequant.data import load_data, make_loader, stratified_split
-from finequant.errors import ConfigError, FinequantError, SpecError
+from finequant.cli.runs import run_config, run_data
+from finequant.data import make_loader
+from finequant.errors import ConfigError, FinequantError
 from finequant.runtime.backends import BACKENDS, Saved, open_runner
 from finequant.runtime.bench import measure
-from finequant.summary import SUMMARY, write_summary
+from finequant.summary import write_summary
 from finequant.train.metrics import confusion, metrics_from_confusion
 
 console = Console()
 
 
-def _run_config(path: Path) -> dict[str, Any]:
-    """The data/split settings recorded by finetune or quantize next to a saved model."""
-    for candidate in (path, path.parent):
-        if (candidate / SUMMARY).is_file():
-            cfg = json.loads((candidate / SUMMARY).read_text()).get("config") or {}
-            if cfg.get("source") and not cfg.get("finetune"):  # a quantize summary: follow to its source run
-                inner = _run_config(Path(cfg["source"]))
-                return {**inner, "data": cfg.get("data") or inner.get("data")}
-            return cfg
-    return {}
-
-
 def evaluate_runner(path: Path, backend: str, data: str | None, threads: int | None, batch_size: int = 64
                     ) -> dict[str, Any]:
     runner = open_runner(path, backend, threads)
-    run = _run_config(path)
-    spec = data or run.get("data")
-    if not spec:
-        raise SpecError(f"no data spec recorded for {path}: pass --data SPEC")
-    seed = (run.get("finetune") or {}).get("seed", 0)
-    splits = stratified_split(load_data(spec), val_frac=run.get("val_frac", 0.1), test_frac=run.get("test_frac", 0.2),
-                              seed=seed, max_samples=run.get("max_samples"))
     loaded = runner.info["loaded"]
+    rd = run_data(str(path), loaded, run_config(path), data)
+    splits, spec = rd.splits, rd.spec
     if loaded.task != "image":
         raise ConfigError("eval on runtime backends covers image models; evaluate text models with `quantize`")
     n = len(splits.train.classes)

@@ -2,54 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from finequant.data import load_data, make_loader, stratified_split
-from finequant.errors import SpecError
-from finequant.models import LoadedModel, load_artifact, load_model
+from finequant.cli.runs import resolve_model, run_data
+from finequant.data import make_loader
 from finequant.quant import METHODS, OBSERVERS, QuantConfig, quantize
 from finequant.quant.artifact import QUANT_WEIGHTS, save_quantized
 from finequant.quant.compare import compare_models
-from finequant.summary import SUMMARY, write_summary
+from finequant.summary import write_summary
 from finequant.train import FinetuneConfig
 
 console = Console()
-
-
-def resolve_model(source: str) -> tuple[LoadedModel, dict[str, Any]]:
-    """A finetune run folder (its model and run config), a model folder, or a model spec."""
-    path = Path(source)
-    if (path / SUMMARY).is_file() and (path / "model" / "model.json").is_file():
-        return load_artifact(path / "model"), json.loads((path / SUMMARY).read_text()).get("config") or {}
-    if (path / "model.json").is_file():
-        return load_artifact(path), {}
-    return load_model(source), {}
 
 
 def run_quantize(source: str, qcfg: QuantConfig, out: Path, *, data: str | None = None, batch_size: int = 32,
                  qat: FinetuneConfig | None = None) -> dict[str, Any]:
     """Quantize, compare with float on the test split, write the artifact and summary.json."""
     loaded, run = resolve_model(source)
-    data = data or run.get("data")
-    if not data:
-        raise SpecError(f"{source} is not a finetune run folder: pass --data SPEC for calibration and evaluation")
-    ft = run.get("finetune") or {}
-    seed = ft.get("seed", qcfg.seed)
-    splits = stratified_split(load_data(data), val_frac=run.get("val_frac", 0.1), test_frac=run.get("test_frac", 0.2),
-                              seed=seed, max_samples=run.get("max_samples"))
-    if loaded.classes is None or len(loaded.classes) != len(splits.train.classes):
-        torch.manual_seed(seed)
-        loaded.set_num_classes(len(splits.train.classes), splits.train.classes)
-    if loaded.task == "image" and ft.get("image_size"):
-        loaded.preprocess = loaded.preprocess.with_size(ft["image_size"])
+    rd = run_data(source, loaded, run, data)
+    splits, data, seed = rd.splits, rd.spec, rd.seed
     calib = make_loader(splits.train, loaded, batch_size=batch_size, shuffle=True, seed=seed)
     t0 = time.perf_counter()
     if qcfg.method == "qat":

@@ -11,9 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from finequant.cli.quantize import resolve_model
-from finequant.data import load_data, make_loader, stratified_split
-from finequant.errors import SpecError
+from finequant.cli.runs import resolve_model, run_data
+from finequant.data import make_loader
 from finequant.quant import QuantConfig, quantize
 from finequant.quant.artifact import save_quantized
 from finequant.quant.compare import compare_models
@@ -62,14 +61,8 @@ def tune_command(
 ) -> None:
     """Per-layer sensitivity, then the smallest per-layer precision mix within --max-drop (size objective)."""
     loaded, run = resolve_model(source)
-    data = data or run.get("data")
-    if not data:
-        raise SpecError(f"{source} is not a finetune run folder: pass --data SPEC")
-    seed = (run.get("finetune") or {}).get("seed", 0)
-    if loaded.task == "image" and (run.get("finetune") or {}).get("image_size"):
-        loaded.preprocess = loaded.preprocess.with_size(run["finetune"]["image_size"])
-    splits = stratified_split(load_data(data), val_frac=run.get("val_frac", 0.1), test_frac=run.get("test_frac", 0.2),
-                              seed=seed, max_samples=run.get("max_samples"))
+    rd = run_data(source, loaded, run, data)
+    splits, data, seed = rd.splits, rd.spec, rd.seed
     base = QuantConfig(method=method, calib_batches=calib)
     calib_batches = [x for x, _ in make_loader(splits.train, loaded, batch_size=32, shuffle=True, seed=seed)][:calib]
     val = list(make_loader(splits.val, loaded, batch_size=128))
