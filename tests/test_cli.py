@@ -102,5 +102,7 @@ def test_tune_writes_sensitivity_and_meets_the_budget(tmp_path):
     predicted = sum(max(r["accuracy_drop"], 0) for r in s["sensitivity"]
                     if s["chosen_bits"][r["layer"]] == r["bits"])
     assert predicted <= 0.01 + 1e-9
+    assert s["trials"]
+    assert s["budget_met"] == (s["val"]["accuracy_drop_pt"] <= 1.0)
     assert s["packed_bytes"] <= s["uniform_8bit_packed_bytes"] * 1.6  # float layers can cost more than int8
     assert (out / "quant.safetensors").is_file()
