@@ -19,7 +19,7 @@ from finequant.cli.deploy import evaluate_runner
 from finequant.cli.finetune import run_finetune
 from finequant.cli.quantize import run_quantize
 from finequant.quant import QuantConfig
-from finequant.runtime.backends import Saved, open_runner
+from finequant.runtime.backends import example_input, open_runner
 from finequant.runtime.bench import measure_side_by_side
 from finequant.summary import write_summary
 from finequant.train import FinetuneConfig
@@ -71,7 +71,7 @@ def _demo_one(name: str, out: Path, steps: _Steps) -> list[dict[str, Any]]:
                       None, None)
         int8.update(accuracy=m["accuracy"], backend="onnxruntime")
         runners = {r["variant"]: open_runner(r["path"], "onnxruntime") for r in rows}
-        x = Saved.open(rows[0]["path"]).example(1).numpy()
+        x = example_input(runners[rows[0]["variant"]].info["loaded"], 1).numpy()
         timed = steps.run("vision: bench fp32 vs int8 (onnxruntime, batch 1)", measure_side_by_side, runners, x,
                           rounds=50)
         base = timed[rows[0]["variant"]]["p50_ms"]

@@ -14,7 +14,7 @@ from rich.table import Table
 from finequant.cli.runs import run_config, run_data
 from finequant.data import make_loader
 from finequant.errors import ConfigError, FinequantError
-from finequant.runtime.backends import BACKENDS, Saved, open_runner
+from finequant.runtime.backends import BACKENDS, Saved, example_input, open_runner
 from finequant.runtime.bench import measure
 from finequant.summary import write_summary
 from finequant.train.metrics import confusion, metrics_from_confusion
@@ -62,9 +62,8 @@ def bench_paths(paths: list[Path], backends: list[str], batches: list[int], thre
             except FinequantError as e:  # e.g. an int8 model on the eager torch backend: say so, go on
                 rows.append({"model": str(path), "backend": backend, "skipped": str(e)})
                 continue
-            saved_example = Saved(path, runner.info["loaded"], False)
             for b in batches:
-                x = saved_example.example(b).numpy()
+                x = example_input(runner.info["loaded"], b).numpy()
                 rows.append({"model": str(path), "backend": backend, "file_bytes": runner.file_bytes,
                              **measure(runner, x)})
     return rows

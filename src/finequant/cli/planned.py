@@ -5,6 +5,8 @@ Each moves to its own module when its engine lands (see the issue named in its h
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 
 _PLANNED = {
@@ -13,7 +15,7 @@ _PLANNED = {
 }
 
 
-def _planned(name: str, what: str) -> None:
+def _planned(name: str, what: str) -> Callable[..., None]:
     def command(args: list[str] = typer.Argument(None, hidden=True)) -> None:
         typer.echo(f"finequant {name} is not available in this version yet (planned: {what})", err=True)
         raise typer.Exit(code=2)

@@ -65,14 +65,19 @@ class Saved:
                          "quantize output folder")
 
     def example(self, batch: int = 1) -> torch.Tensor:
-        if self.loaded.task != "image":
-            raise FinequantError("this backend path handles image models; text models run on 'torch'/'torch-sim'")
-        s = self.loaded.preprocess.input_size
-        return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
+        return example_input(self.loaded, batch)
 
     def quantized_model(self) -> QuantizedModel:
         cfg = QuantConfig.from_dict(json.loads((self.path / QUANT_CONFIG).read_text())["config"])
         return QuantizedModel(self.loaded.model, cfg)
+
+
+def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor:
+    """A seeded random image batch of the model's input size (export tracing, benchmarks)."""
+    if loaded.task != "image":
+        raise FinequantError("this backend path handles image models; text models run on 'torch'/'torch-sim'")
+    s = loaded.preprocess.input_size
+    return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
 
 
 BackendFn = Callable[[Saved, Path, int | None], Runner]
