@@ -206,6 +206,9 @@ def test_one_call_api_qparams_then_inference():
     qp = qparams_from_model(net)
     assert set(qp) == {"0", "3"} and qp["0"].weight_spec.bits == 8 and qp["0"].act_mode == "dynamic"
     assert qp["0"].weight_scale.shape == (32, 1)
+    import json
+
+    assert json.loads(json.dumps(qp.to_dict()))["layers"]["0"]["weight_spec"]["bits"] == 8  # JSON-able
     fast = quantize_inference(net, qp)
     x = torch.randn(16, 16)
     assert sqnr_db(net(x), fast(x)) > 30

@@ -97,10 +97,6 @@ class LoadedModel:
                      self.head_name, old.out_features, num_classes, ", ".join(self.new_keys))
         return self.new_keys
 
-    def body_parameters(self) -> list[nn.Parameter]:
-        head_ids = {id(p) for p in self.head.parameters()}
-        return [p for p in self.model.parameters() if id(p) not in head_ids]
-
 
 def last_linear_name(model: nn.Module) -> str:
     """The dotted name of the last ``nn.Linear`` in definition order: the classifier of most nets."""

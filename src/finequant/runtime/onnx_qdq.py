@@ -15,7 +15,6 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -248,8 +247,3 @@ def graph_ops(proto: onnx.ModelProto) -> dict[str, int]:
     for n in proto.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return counts
-
-
-def describe(proto: onnx.ModelProto) -> dict[str, Any]:
-    return {"opset": proto.opset_import[0].version, "ops": graph_ops(proto),
-            "initializer_bytes": sum(numpy_helper.to_array(i).nbytes for i in proto.graph.initializer)}
