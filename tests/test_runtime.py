@@ -56,3 +56,15 @@ def test_float_export_matches_pytorch_with_dynamic_batch(trained, tmp_path):
     got = run(session(tmp_path / "f.onnx"), x[:7].numpy())
     with torch.no_grad():
         np.testing.assert_allclose(got, loaded.model(x[:7]).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_openvino_runs_the_same_int8_onnx(trained, tmp_path):
+    ov = pytest.importorskip("openvino")  # optional extra: pip install 'finequant[openvino]'
+    _, qm, x = trained
+    export_qdq(qm, x[:1], tmp_path / "q.onnx")
+    compiled = ov.Core().compile_model(str(tmp_path / "q.onnx"), "CPU")
+    got = compiled(x.numpy())[0]
+    with torch.no_grad():
+        sim = qm.model(x).numpy()
+    cos = (got * sim).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(sim, axis=1)
+    assert cos.mean() >= 0.999
