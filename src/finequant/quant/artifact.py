@@ -21,9 +21,10 @@ from finequant.errors import ModelError
 from finequant.io import atomic_write_bytes, atomic_write_text
 from finequant.models.artifact import build_from_config, write_model_config
 from finequant.models.base import LoadedModel
+from finequant.quant.affine import dequantize
 from finequant.quant.api import QuantizedModel, QParams, quantize_inference
 from finequant.quant.config import QuantConfig
-from finequant.quant.modules import LayerQParams, QuantLayer
+from finequant.quant.modules import LayerQParams
 from finequant.quant.nonlinear import kmeans_dequantize, pow2_dequantize
 from finequant.quant.packing import pack_codes, unpack_codes
 from finequant.quant.spec import QuantSpec
@@ -32,8 +33,8 @@ QUANT_WEIGHTS, QUANT_CONFIG = "quant.safetensors", "quant.json"
 FORMAT_VERSION = 1
 
 
-def _code_offset(layer: QuantLayer) -> int:
-    spec = layer.weight_spec
+def _code_offset(spec: QuantSpec) -> int:
+    """The smallest code of a scheme, so packed codes start at 0."""
     if spec.scheme == "pow2":
         return -(2 ** (spec.bits - 1) - 1)  # sign * level index in [-(2^(b-1)-1), 2^(b-1)-1]
     return 0 if spec.scheme == "kmeans" else spec.qmin
@@ -56,7 +57,7 @@ def save_quantized(qm: QuantizedModel, loaded: LoadedModel, out_dir: str | Path)
             dtype = torch.float16 if spec.scheme == "fp16" else torch.bfloat16
             tensors[f"{name}.weight.cast"] = layer.layer.weight.detach().to(dtype).contiguous()
         else:
-            tensors[f"{name}.weight.codes"] = pack_codes(layer.weight_codes(), spec.bits, _code_offset(layer))
+            tensors[f"{name}.weight.codes"] = pack_codes(layer.weight_codes(), spec.bits, _code_offset(spec))
         for key, t in (("weight.scale", layer.weight_scale), ("weight.zero_point", layer.weight_zero_point),
                        ("weight.codebook", layer.codebook), ("act.scale", layer.act_scale),
                        ("act.zero_point", layer.act_zero_point), ("out.scale", layer.out_scale),
@@ -93,17 +94,11 @@ def _decode_weight(entry: dict[str, Any], tensors: dict[str, torch.Tensor], name
                      get(f"{name}.out.zero_point"))
     if spec.is_float:
         return tensors[f"{name}.weight.cast"].float(), q
-    if spec.scheme == "pow2":
-        offset = -(2 ** (spec.bits - 1) - 1)
-    else:
-        offset = 0 if spec.scheme == "kmeans" else spec.qmin
-    codes = unpack_codes(tensors[f"{name}.weight.codes"], spec.bits, offset, shape)
+    codes = unpack_codes(tensors[f"{name}.weight.codes"], spec.bits, _code_offset(spec), shape)
     if spec.scheme == "pow2":
         return pow2_dequantize(codes, q.weight_scale, q.codebook), q
     if spec.scheme == "kmeans":
         return kmeans_dequantize(codes, q.codebook), q
-    from finequant.quant.affine import dequantize
-
     return dequantize(codes, q.weight_scale, q.weight_zero_point, spec), q
 
 

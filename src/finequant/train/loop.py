@@ -248,6 +248,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
             trained = head_module if use_cache else model
             train_module = DDP(trained) if info.enabled else trained
             current_phase = phase_idx
+        # again every epoch: evaluate() put the whole model back in train mode, frozen BN included
         set_trainable(model, phase.trainable, head, cfg.train_bn, cfg.freeze_bn_stats)
 
         t0 = time.perf_counter()
