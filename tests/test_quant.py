@@ -334,3 +334,52 @@ def test_seed_article_call_from_the_top_level_package():
     fast = finequant.quantize_inference(net, finequant.qparams_from_model(net))
     x = torch.randn(8, 16)
     assert sqnr_db(net(x), fast(x)) > 30
+
+
+class _LSTMClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.lstm = nn.LSTM(16, 32, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, (h, _) = self.lstm(self.embed(ids))
+        return self.head(out.mean(1))
+
+
+@pytest.mark.parametrize("batch_first,bidirectional,layers", [(True, True, 2), (False, False, 1)])
+def test_gate_lstm_matches_torch_lstm(batch_first, bidirectional, layers):
+    from finequant.quant.lstm import GateLSTM
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 12, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional).eval()
+    gates = GateLSTM(lstm).eval()
+    x = torch.randn(3, 5, 8)
+    h0 = torch.randn(layers * (2 if bidirectional else 1), 3 if batch_first else 5, 12)
+    for args in ((x,), (x, (h0, torch.randn_like(h0)))):
+        ref, (h_ref, c_ref) = lstm(*args)
+        got, (h, c) = gates(*args)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close((h, c), (h_ref, c_ref), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gates(x[0])[0], lstm(x[0])[0], atol=1e-5, rtol=1e-5)  # unbatched input
+
+
+def test_dynamic_int8_lstm_quantizes_every_gate_projection():
+    torch.manual_seed(0)
+    net = _LSTMClassifier().eval()
+    ids = torch.randint(0, 50, (64, 20))
+    qm = quantize(net, QuantConfig(method="dynamic"))
+    gate_layers = [n for n in qm.layers if n.startswith("lstm.")]
+    assert len(gate_layers) == 8  # 2 layers x 2 directions x (input, hidden) projections
+    assert all(qm.layers[n]["status"] == "quantized" and qm.layers[n]["activations"] == "dynamic"
+               for n in gate_layers)
+    with torch.no_grad():
+        ref, got = net(ids), qm.model(ids)
+    assert sqnr_db(ref, got) > 25 and (ref.argmax(1) == got.argmax(1)).float().mean() >= 0.95
+    assert qm.packed_weight_bytes() < 0.3 * sum(p.numel() * 4 for p in net.parameters())
+    # qparams alone rebuild the same quantized model (the path load_quantized takes)
+    again = quantize_inference(net, qm.qparams(), QuantConfig(method="dynamic"))
+    torch.testing.assert_close(again(ids), got)
+    with pytest.raises(FinequantError, match="PackedSequence"):
+        qm.model.lstm(nn.utils.rnn.pack_sequence([torch.randn(4, 16)]))

@@ -17,6 +17,7 @@ from finequant.errors import FinequantError
 from finequant.models.base import LoadedModel, forward
 from finequant.quant.config import QuantConfig
 from finequant.quant.fold import fold_batchnorm
+from finequant.quant.lstm import split_lstms
 from finequant.quant.methods import METHODS
 from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
 
@@ -88,6 +89,8 @@ def _float_reason(module: nn.Module) -> str:
         return "BatchNorm not fed directly by a conv (not foldable); kept in float"
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         return "normalization layer: negligible compute, kept in float for accuracy"
+    if isinstance(module, nn.LSTM):
+        return "LSTM with proj_size is not supported; kept in float"
     return f"{type(module).__name__} has no quantized kernel in finequant; kept in float"
 
 
@@ -95,7 +98,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
             folded: list[tuple[str, str]] | None = None) -> QuantizedModel:
     """Copy the model, fold BatchNorm, and wrap every supported layer per the method (no calibration)."""
     net = copy.deepcopy(_module(model)).eval()
-    if isinstance(net, SUPPORTED_LAYERS):  # a bare layer: give it a parent so it can be wrapped
+    if isinstance(net, (*SUPPORTED_LAYERS, nn.LSTM)):  # a bare layer: give it a parent so it can be wrapped
         net = nn.Sequential(net)
     pairs: list[tuple[str, str]] = []
     if config.fold_bn and config.method != "qat" and any(isinstance(m, _BatchNorm) for m in net.modules()):
@@ -103,6 +106,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
             pairs = fold_batchnorm(net, example, pairs=folded)
         else:
             log.warning("no example input: BatchNorm layers are not folded before quantization")
+    split_lstms(net)  # gate projections become Linear layers, quantized like any other
     method = METHODS.get(config.method)
     layers: dict[str, dict[str, Any]] = {}
     for name, module in list(net.named_modules()):

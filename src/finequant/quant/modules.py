@@ -22,6 +22,7 @@ from finequant.quant.observers import OBSERVERS, MSEObserver, Observer
 from finequant.quant.spec import QuantSpec
 
 # One source of truth for what can be quantized: layers with a weight that a kernel multiplies.
+# (nn.LSTM is rewritten into Linear gate projections first: see quant/lstm.py.)
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
 ActMode = Literal["static", "dynamic", "float", "cast"]
 
