@@ -2,7 +2,8 @@
 
 EfficientNet-Lite0 -> mnist5k (lp-ft run): float, static int8 per observer, per-tensor vs
 per-channel, W4A8 PTQ vs QAT, pow2 and k-means 4-bit weights. MiniLM -> Rotten Tomatoes: dynamic
-int8 and fp16. Each row is a real ``finequant quantize`` run (artifact + summary.json).
+int8 and fp16. Advanced PTQ: per-tensor int8 with CLE (+ bias correction), W4A8 round-to-nearest vs AdaRound.
+Each row is a real ``finequant quantize`` run (artifact + summary.json).
 Run: ``.venv/bin/python benchmarks/quant_results.py`` after transfer_results.py.
 """
 
@@ -24,6 +25,13 @@ VISION = {
     "static int8 per-channel, entropy": QuantConfig(observer="entropy"),
     "static int8 per-tensor, minmax": QuantConfig(granularity="per-tensor"),
     "static int8 per-tensor, percentile": QuantConfig(granularity="per-tensor", observer="percentile"),
+    "static int8 per-tensor, CLE": QuantConfig(granularity="per-tensor", ptq=["cle"]),
+    "static int8 per-tensor, CLE + bias correction": QuantConfig(granularity="per-tensor",
+                                                                 ptq=["cle", "bias-correction"]),
+    "W4A8 PTQ per-channel, round-to-nearest": QuantConfig(weight_bits=4),
+    "W4A8 PTQ per-channel, AdaRound": QuantConfig(weight_bits=4, ptq=["adaround"]),
+    "W4A8 PTQ per-channel, AdaRound + bias correction": QuantConfig(weight_bits=4,
+                                                                    ptq=["adaround", "bias-correction"]),
     "W4A8 PTQ per-channel, mse weights": QuantConfig(weight_bits=4, weight_observer="mse"),
     "W4A8 QAT (2 epochs, distillation)": QuantConfig(method="qat", weight_bits=4, weight_observer="mse"),
     "weights pow2 4-bit": QuantConfig(method="nonlinear", weight_bits=4, scheme="pow2"),
@@ -59,7 +67,7 @@ def main() -> None:
                 "float_accuracy": m["float"]["accuracy"], "accuracy": m["quantized"]["accuracy"],
                 "drop_pt": m["accuracy_drop_pt"], "agreement": m["top1_agreement"],
                 "logits_sqnr_db": m["logits_sqnr_db"], "artifact_bytes": s["artifact_bytes"],
-                "size_ratio": s["size_ratio"],
+                "size_ratio": s["size_ratio"], "quantize_s": r["timings"]["quantize_s"],
             }
             print(f"{group}/{name}: {m['quantized']['accuracy']:.4f} (float {m['float']['accuracy']:.4f}, "
                   f"drop {m['accuracy_drop_pt']:+.2f} pt), size x{s['size_ratio']:.3f}")

@@ -15,6 +15,7 @@ from finequant.data import make_loader
 from finequant.quant import METHODS, OBSERVERS, QuantConfig, quantize
 from finequant.quant.artifact import QUANT_WEIGHTS, save_quantized
 from finequant.quant.compare import compare_models
+from finequant.quant.ptq import PTQ_STEPS
 from finequant.summary import write_summary
 from finequant.train import FinetuneConfig
 
@@ -48,8 +49,9 @@ def run_quantize(source: str, qcfg: QuantConfig, out: Path, *, data: str | None 
     write_summary(out, "quantize", config={"source": source, "data": data, "quantize": qcfg,
                                            "qat": qat if qcfg.method == "qat" else None, "seed": seed},
                   metrics=metrics, sizes=sizes, timings={"quantize_s": quant_s, "eval_s": eval_s},
-                  layers=qm.layers, float_layers=qm.float_layers(), folded=qm.folded)
-    return {"metrics": metrics, "sizes": sizes, "float_layers": qm.float_layers()}
+                  layers=qm.layers, float_layers=qm.float_layers(), folded=qm.folded, ptq=qm.ptq_report)
+    return {"metrics": metrics, "sizes": sizes, "float_layers": qm.float_layers(),
+            "timings": {"quantize_s": quant_s, "eval_s": eval_s}, "ptq": qm.ptq_report}
 
 
 def quantize_command(
@@ -66,6 +68,8 @@ def quantize_command(
     calib: int = typer.Option(16, help="Calibration batches."),
     batch_size: int = typer.Option(32, help="Calibration batch size."),
     skip: list[str] = typer.Option(None, help="Regex of layer names to keep in float (repeatable)."),
+    ptq: list[str] = typer.Option(None, help=f"Advanced PTQ step (repeatable): {', '.join(PTQ_STEPS.names())}."),
+    adaround_iterations: int = typer.Option(400, help="AdaRound: optimization steps per layer."),
     data: str = typer.Option(None, help="Data spec (default: the run's)."),
     qat_epochs: int = typer.Option(3, help="QAT: training epochs."),
     qat_lr: float = typer.Option(1e-4, help="QAT: learning rate."),
@@ -75,7 +79,8 @@ def quantize_command(
     """Quantize a model and report float vs quantized accuracy, agreement, logit SQNR and packed size."""
     qcfg = QuantConfig(method=method, weight_bits=bits, act_bits=act_bits, granularity=granularity,
                        group_size=group_size, scheme=scheme, observer=observer, weight_observer=weight_observer,
-                       calib_batches=calib, skip=list(skip or []), seed=seed)
+                       calib_batches=calib, skip=list(skip or []), ptq=list(ptq or []),
+                       adaround_iterations=adaround_iterations, seed=seed)
     qat = FinetuneConfig(epochs=qat_epochs, lr=qat_lr, lr_mult=1.0, distill_weight=distill, seed=seed,
                          freeze_bn_stats=True)
     result = run_quantize(source, qcfg, out, data=data, batch_size=batch_size, qat=qat)

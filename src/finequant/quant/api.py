@@ -19,6 +19,7 @@ from finequant.quant.config import QuantConfig
 from finequant.quant.fold import fold_batchnorm
 from finequant.quant.lstm import split_lstms
 from finequant.quant.methods import METHODS
+from finequant.quant.ptq import ordered
 from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,15 @@ class QuantizedModel:
     config: QuantConfig
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     folded: list[tuple[str, str]] = field(default_factory=list)
+    rewrites: list[str] = field(default_factory=list)  # ReLU6 modules made ReLU (by CLE)
+    ptq_report: dict[str, Any] = field(default_factory=dict)
 
     def quant_layers(self) -> dict[str, QuantLayer]:
         return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantLayer)}
 
     def qparams(self) -> QParams:
-        return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded))
+        return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded),
+                       rewrites=list(self.rewrites))
 
     def float_layers(self) -> dict[str, str]:
         return {n: r["reason"] for n, r in self.layers.items() if r["status"] == "float"}
@@ -58,14 +62,20 @@ class QuantizedModel:
 
 
 class QParams(dict):
-    """Per-layer qparams (``name -> LayerQParams``) plus the BN folds they assume."""
+    """Per-layer qparams (``name -> LayerQParams``) plus the BN folds and ReLU6->ReLU rewrites they assume.
 
-    def __init__(self, layers: dict[str, LayerQParams], folded: list[tuple[str, str]]) -> None:
+    Steps that change float weights (CLE, AdaRound, bias correction) need those weights too: save
+    the model with :func:`finequant.quant.artifact.save_quantized`, not qparams alone."""
+
+    def __init__(self, layers: dict[str, LayerQParams], folded: list[tuple[str, str]],
+                 rewrites: list[str] | None = None) -> None:
         super().__init__(layers)
         self.folded = folded
+        self.rewrites = rewrites or []
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": {n: q.to_dict() for n, q in self.items()}, "folded": self.folded}
+        return {"layers": {n: q.to_dict() for n, q in self.items()}, "folded": self.folded,
+                "rewrites": self.rewrites}
 
 
 def _module(model: nn.Module | LoadedModel) -> nn.Module:
@@ -95,8 +105,10 @@ def _float_reason(module: nn.Module) -> str:
 
 
 def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = None,
-            folded: list[tuple[str, str]] | None = None) -> QuantizedModel:
-    """Copy the model, fold BatchNorm, and wrap every supported layer per the method (no calibration)."""
+            folded: list[tuple[str, str]] | None = None, rewrites: list[str] | None = None) -> QuantizedModel:
+    """Copy the model, fold BatchNorm, and wrap every supported layer per the method (no calibration).
+
+    ``folded``/``rewrites`` replay an earlier quantization's BN folds and ReLU6->ReLU changes."""
     net = copy.deepcopy(_module(model)).eval()
     if isinstance(net, (*SUPPORTED_LAYERS, nn.LSTM)):  # a bare layer: give it a parent so it can be wrapped
         net = nn.Sequential(net)
@@ -106,6 +118,8 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
             pairs = fold_batchnorm(net, example, pairs=folded)
         else:
             log.warning("no example input: BatchNorm layers are not folded before quantization")
+    for name in rewrites or []:
+        net.set_submodule(name, nn.ReLU())
     split_lstms(net)  # gate projections become Linear layers, quantized like any other
     method = METHODS.get(config.method)
     layers: dict[str, dict[str, Any]] = {}
@@ -125,7 +139,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
                             "granularity": plan.weight_spec.granularity, "activations": plan.act_mode}
         elif any(True for _ in module.parameters(recurse=False)):
             layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
-    return QuantizedModel(net, config, layers, pairs)
+    return QuantizedModel(net, config, layers, pairs, list(rewrites or []))
 
 
 def _parents(net: nn.Module, name: str) -> list[nn.Module]:
@@ -163,9 +177,17 @@ def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
     batches = _batches(calib_data, config.calib_batches)
     example = batches[0] if batches else _synthetic_example(model)
     qm = prepare(model, config, example)
+    steps = ordered(config.ptq)
+    for name, step in steps:
+        if step.before_calibration:
+            qm.ptq_report[name] = step.run(qm.model, batches, config)
+    qm.rewrites = list(qm.ptq_report.get("cle", {}).get("relu6_to_relu", []))
     n = calibrate(qm, batches)
     if len(batches) < config.calib_batches and n:
         log.warning("calibrated on %d batch(es), fewer than calib_batches=%d", len(batches), config.calib_batches)
+    for name, step in steps:
+        if not step.before_calibration:
+            qm.ptq_report[name] = step.run(qm.model, batches, config)
     return qm
 
 
@@ -194,7 +216,7 @@ def quantize_inference(model: nn.Module | LoadedModel, qparams: QParams,
     """A copy of ``model`` ready for inference with exactly these qparams (BN folded as they assume)."""
     config = config or QuantConfig(method="weight-only")
     example = _synthetic_example(model)
-    qm = prepare(model, config, example, folded=qparams.folded)
+    qm = prepare(model, config, example, folded=qparams.folded, rewrites=qparams.rewrites)
     missing = set(qparams) - set(qm.quant_layers())
     for name in missing:
         module = qm.model.get_submodule(name)

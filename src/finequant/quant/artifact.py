@@ -75,7 +75,7 @@ def save_quantized(qm: QuantizedModel, loaded: LoadedModel, out_dir: str | Path)
     atomic_write_bytes(out / QUANT_WEIGHTS, save(tensors, metadata={"format": "finequant-quant"}))
     atomic_write_text(out / QUANT_CONFIG, json.dumps({
         "format_version": FORMAT_VERSION, "config": asdict(qm.config), "layers": layers,
-        "folded": [list(p) for p in qm.folded]}, indent=2))
+        "folded": [list(p) for p in qm.folded], "rewrites": qm.rewrites}, indent=2))
     return out
 
 
@@ -113,7 +113,8 @@ def load_quantized(path: str | Path) -> tuple[LoadedModel, QParams]:
     tensors = load_file(str(path / QUANT_WEIGHTS))
     loaded = build_from_config(path)
     decoded = {name: _decode_weight(entry, tensors, name) for name, entry in meta["layers"].items()}
-    qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]])
+    qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]],
+                      rewrites=meta.get("rewrites", []))
     config = QuantConfig.from_dict(meta["config"])
     model = quantize_inference(loaded, qparams, config)
     float_state = {k[len("float."):]: v for k, v in tensors.items() if k.startswith("float.")}

@@ -17,7 +17,8 @@ WEIGHT_OBSERVERS = ("minmax", "mse")
 class QuantConfig:
     """Defaults give W8A8 static PTQ: int8 per-channel symmetric weights, uint8 per-tensor activations.
 
-    ``skip`` holds regexes of layer names left in float; ``overrides`` maps a layer-name regex to
+    ``ptq`` lists advanced PTQ steps (``cle``, ``adaround``, ``bias-correction``; see
+    :mod:`finequant.quant.ptq`). ``skip`` holds regexes of layer names left in float; ``overrides`` maps a layer-name regex to
     field changes for those layers (e.g. ``{"blocks\\.0": {"weight_bits": 8}, "head": {"float": True}}``).
     """
 
@@ -32,6 +33,8 @@ class QuantConfig:
     act_symmetric: bool = False
     calib_batches: int = 16
     fold_bn: bool = True
+    ptq: list[str] = field(default_factory=list)
+    adaround_iterations: int = 400
     skip: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
@@ -53,6 +56,11 @@ class QuantConfig:
         for key in ("weight_bits", "act_bits"):
             if not 2 <= getattr(self, key) <= 16:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 2 and 16")
+        from finequant.quant.ptq import PTQ_STEPS
+
+        for step in self.ptq:
+            if step not in PTQ_STEPS:
+                raise ConfigError(f"ptq: {PTQ_STEPS.unknown_message(step)}")
         if self.calib_batches < 1:
             raise ConfigError(f"calib_batches={self.calib_batches} must be >= 1")
         known = {f.name for f in fields(self)} | {"float"}

@@ -33,10 +33,16 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor | dict) -> list[tuple
     names = {m: n for n, m in model.named_modules()}
     produced: dict[int, str] = {}
     pairs: list[tuple[str, str]] = []
+    alive: list[torch.Tensor] = []  # tensors are keyed by id(): keep them alive so no id is reused
+
+    def record(mod: nn.Module, a: object, out: torch.Tensor) -> None:
+        produced[id(out)] = names[mod]
+        alive.append(out)
+
     hooks = []
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            hooks.append(m.register_forward_hook(lambda mod, a, out: produced.__setitem__(id(out), names[mod])))
+            hooks.append(m.register_forward_hook(record))
         elif isinstance(m, _BatchNorm):
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, a: pairs.append((produced[id(a[0])], names[mod])) if id(a[0]) in produced else None))

@@ -72,6 +72,7 @@ class QuantLayer(nn.Module):
         self.output_observer: Observer | None = (OBSERVERS.get("minmax")(act_spec, seed)
                                                  if act_mode == "static" else None)
         self.calibrating = False
+        self.enabled = True  # False: run the float layer (the float reference that PTQ algorithms compare to)
         self.qat = False  # True: weights re-quantized from the live float weights every forward (STE)
         self.observe_in_training = False  # QAT: activation ranges keep following the data until frozen
         self.register_buffer("act_scale", None)
@@ -82,6 +83,9 @@ class QuantLayer(nn.Module):
         self.register_buffer("weight_zero_point", None)
         self.register_buffer("codebook", None)
         self._dequantized: torch.Tensor | None = None
+        # Codes chosen by an algorithm rather than by rounding (AdaRound); the float weight stays as
+        # the float reference. Saved artifacts store the codes, so reloading needs nothing extra.
+        self.fixed_codes: torch.Tensor | None = None
         self.refresh_weight_qparams()
 
     # --- weights -------------------------------------------------------------------------------
@@ -89,7 +93,7 @@ class QuantLayer(nn.Module):
     def refresh_weight_qparams(self) -> None:
         """(Re)compute weight qparams from the current float weight (after BN folding, CLE, training)."""
         w, spec = self.layer.weight, self.weight_spec
-        self._dequantized = None
+        self._dequantized = self.fixed_codes = None
         if spec.is_float:
             return
         per_channel = spec.granularity != "per-tensor"
@@ -110,6 +114,8 @@ class QuantLayer(nn.Module):
     def weight_codes(self) -> torch.Tensor:
         """Integer codes of the weight: affine ints, signed pow2 level indices or k-means indices."""
         w, spec = self.layer.weight.detach(), self.weight_spec
+        if self.fixed_codes is not None:
+            return self.fixed_codes
         if spec.scheme == "pow2":
             return pow2_quantize(w, spec.bits, spec.granularity != "per-tensor")[0]
         if spec.scheme == "kmeans":
@@ -158,6 +164,8 @@ class QuantLayer(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.enabled:
+            return self.layer(x, *args, **kwargs)
         if self.calibrating:
             self.observer.observe(x)
             y = self.layer(x, *args, **kwargs)
@@ -171,6 +179,10 @@ class QuantLayer(nn.Module):
         return functional_call(self.layer, {"weight": self.quantized_weight()}, (x, *args), kwargs)
 
     # --- qparams in and out ----------------------------------------------------------------------
+    def run_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer on ``x`` with ``weight`` (no input quantization)."""
+        return functional_call(self.layer, {"weight": weight}, (x,))
+
     def qparams(self) -> LayerQParams:
         return LayerQParams(self.weight_spec, self.weight_scale, self.weight_zero_point, self.act_mode,
                             self.act_spec, self.act_scale, self.act_zero_point, self.codebook,

@@ -1,0 +1,140 @@
+"""Advanced PTQ: cross-layer equalization, bias correction, AdaRound."""
+
+import pytest
+import torch
+from torch import nn
+
+from finequant.errors import ConfigError
+from finequant.quant import QuantConfig, quantize
+from finequant.quant.affine import sqnr_db
+from finequant.quant.api import prepare
+from finequant.quant.equalize import cross_layer_equalization
+
+from test_quant import _trained_cnn
+
+
+class _Residual(nn.Module):
+    """conv1's output feeds conv2 and a skip connection: scaling it would change the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.act, self.conv2 = nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        return self.conv2(self.act(y)) + y
+
+
+def _uneven_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 1), _Residual(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():  # channel ranges spread over two orders of magnitude, as in depthwise nets
+        net[0].weight.mul_(torch.logspace(-1, 1, 8).reshape(-1, 1, 1, 1))
+        net[2].weight.mul_(torch.logspace(1, -1, 8).reshape(-1, 1, 1, 1))
+    return net.eval()
+
+
+def _imbalance(w: torch.Tensor) -> float:
+    r = w.detach().reshape(w.shape[0], -1).abs().amax(1)
+    return float(r.max() / r.min())
+
+
+def test_cle_keeps_float_outputs_and_evens_out_channel_ranges():
+    net = _uneven_net()
+    x = torch.rand(16, 3, 8, 8) * 4
+    qm = prepare(net, QuantConfig(method="weight-only", granularity="per-tensor"))
+    before = [_imbalance(qm.model[i].layer.weight) for i in (0, 2)]
+    report = cross_layer_equalization(qm.model, [x])
+    after = [_imbalance(qm.model[i].layer.weight) for i in (0, 2)]
+    assert all(a < b / 5 for a, b in zip(after, before)), (before, after)
+    assert report["pairs"] >= 3  # 0->2 (depthwise), 2->4, 4->5.conv1 ... but not conv1->conv2 in the residual
+    assert [r[:2] for r in report["rejected"]] == [["5.conv1", "5.conv2"]]
+    assert report["relu6_to_relu"] == ["1"] and isinstance(qm.model[1], nn.ReLU)
+    with torch.no_grad():
+        ref = net[2:](torch.relu(net[0](x)))  # the float model with ReLU6 read as ReLU, as CLE does
+        from finequant.quant.ptq_common import float_reference
+
+        with float_reference(qm.model):
+            torch.testing.assert_close(qm.model(x), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn():
+    return _trained_cnn()
+
+
+def _setup(trained_cnn):
+    from finequant.data import make_loader
+
+    loaded, splits = trained_cnn
+    calib = [x for x, _ in make_loader(splits.train, loaded, batch_size=64, shuffle=True)][:8]
+    xt, yt = next(iter(make_loader(splits.test, loaded, batch_size=512)))
+    with torch.no_grad():
+        ref = loaded.model(xt)
+    return loaded, calib, xt, yt, ref
+
+
+def test_cle_helps_per_tensor_quantization(trained_cnn):
+    loaded, calib, xt, _, ref = _setup(trained_cnn)
+    with torch.no_grad():
+        plain = quantize(loaded, QuantConfig(weight_bits=4, granularity="per-tensor", calib_batches=8), calib)
+        cle = quantize(loaded, QuantConfig(weight_bits=4, granularity="per-tensor", calib_batches=8, ptq=["cle"]),
+                       calib)
+        assert sqnr_db(ref, cle.model(xt)) > sqnr_db(ref, plain.model(xt)) + 1.0
+    assert cle.ptq_report["cle"]["pairs"] == 2
+
+
+def test_all_ptq_steps_survive_the_artifact(tmp_path):
+    """CLE's ReLU6->ReLU rewrites and AdaRound's codes are replayed by load_quantized."""
+    from finequant.data import load_data, make_loader, stratified_split
+    from finequant.models import load_model
+    from finequant.quant.artifact import load_quantized, save_quantized
+
+    torch.manual_seed(0)
+    loaded = load_model("timm:test_efficientnet", pretrained=False, num_classes=10)
+    loaded.preprocess = loaded.preprocess.with_size(32)
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=200)
+    calib = [x for x, _ in make_loader(splits.train, loaded, batch_size=32)][:2]
+    qm = quantize(loaded, QuantConfig(weight_bits=4, calib_batches=2, adaround_iterations=20,
+                                      ptq=["bias-correction", "cle", "adaround"]), calib)
+    assert list(qm.ptq_report) == ["cle", "adaround", "bias-correction"]  # run in their fixed order
+    assert qm.rewrites == qm.ptq_report["cle"]["relu6_to_relu"]
+    save_quantized(qm, loaded, tmp_path / "q")
+    back, qparams = load_quantized(tmp_path / "q")
+    assert qparams.rewrites == qm.rewrites
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(calib[0]), qm.model(calib[0]), atol=1e-4, rtol=1e-4)
+
+
+def test_bias_correction_reduces_the_output_mean_error(trained_cnn):
+    loaded, calib, xt, _, ref = _setup(trained_cnn)
+    cfg = QuantConfig(weight_bits=4, calib_batches=8)
+    with torch.no_grad():
+        plain = quantize(loaded, cfg, calib).model(xt)
+        qm = quantize(loaded, QuantConfig(weight_bits=4, calib_batches=8, ptq=["bias-correction"]), calib)
+        corrected = qm.model(xt)
+    err = lambda out: float((out - ref).mean(0).abs().mean())  # noqa: E731
+    assert err(corrected) < 0.75 * err(plain)  # measured on held-out test images, not the calibration set
+    r = qm.ptq_report["bias-correction"]
+    assert r["layers"] == 3 and r["mean_abs_output_mean_error_after"] < 0.5 * r["mean_abs_output_mean_error_before"]
+
+
+def test_adaround_beats_round_to_nearest_at_4_bits(trained_cnn):
+    loaded, calib, xt, yt, ref = _setup(trained_cnn)
+    acc = lambda out: float((out.argmax(1) == yt).float().mean())  # noqa: E731
+    cfg = QuantConfig(weight_bits=4, granularity="per-tensor", calib_batches=8)
+    with torch.no_grad():
+        nearest = quantize(loaded, cfg, calib).model(xt)
+    qm = quantize(loaded, QuantConfig(weight_bits=4, granularity="per-tensor", calib_batches=8, ptq=["adaround"]),
+                  calib)
+    with torch.no_grad():
+        learned = qm.model(xt)
+    assert acc(learned) > acc(nearest) + 0.1 and acc(learned) > acc(ref) - 0.03
+    assert sqnr_db(ref, learned) > sqnr_db(ref, nearest) + 6
+    assert qm.ptq_report["adaround"]["layers"] == 3
+
+
+def test_ptq_step_names_are_checked():
+    with pytest.raises(ConfigError, match="Did you mean 'adaround'"):
+        QuantConfig(ptq=["adaroud"])
