@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from finequant.errors import FinequantError
 from finequant.models.base import LoadedModel, forward
 from finequant.quant.config import QuantConfig
+from finequant.quant.equalize import ChannelClip
 from finequant.quant.fold import fold_batchnorm
 from finequant.quant.lstm import split_lstms
 from finequant.quant.methods import METHODS
@@ -33,7 +34,7 @@ class QuantizedModel:
     config: QuantConfig
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     folded: list[tuple[str, str]] = field(default_factory=list)
-    rewrites: list[str] = field(default_factory=list)  # ReLU6 modules made ReLU (by CLE)
+    rewrites: dict[str, int] = field(default_factory=dict)  # ReLU6 -> ChannelClip(channels), by CLE
     ptq_report: dict[str, Any] = field(default_factory=dict)
 
     def quant_layers(self) -> dict[str, QuantLayer]:
@@ -41,7 +42,7 @@ class QuantizedModel:
 
     def qparams(self) -> QParams:
         return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded),
-                       rewrites=list(self.rewrites))
+                       rewrites=dict(self.rewrites))
 
     def float_layers(self) -> dict[str, str]:
         return {n: r["reason"] for n, r in self.layers.items() if r["status"] == "float"}
@@ -62,16 +63,16 @@ class QuantizedModel:
 
 
 class QParams(dict):
-    """Per-layer qparams (``name -> LayerQParams``) plus the BN folds and ReLU6->ReLU rewrites they assume.
+    """Per-layer qparams (``name -> LayerQParams``) plus the BN folds and ReLU6 rewrites they assume.
 
     Steps that change float weights (CLE, AdaRound, bias correction) need those weights too: save
     the model with :func:`finequant.quant.artifact.save_quantized`, not qparams alone."""
 
     def __init__(self, layers: dict[str, LayerQParams], folded: list[tuple[str, str]],
-                 rewrites: list[str] | None = None) -> None:
+                 rewrites: dict[str, int] | None = None) -> None:
         super().__init__(layers)
         self.folded = folded
-        self.rewrites = rewrites or []
+        self.rewrites = rewrites or {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": {n: q.to_dict() for n, q in self.items()}, "folded": self.folded,
@@ -105,10 +106,10 @@ def _float_reason(module: nn.Module) -> str:
 
 
 def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = None,
-            folded: list[tuple[str, str]] | None = None, rewrites: list[str] | None = None) -> QuantizedModel:
+            folded: list[tuple[str, str]] | None = None, rewrites: dict[str, int] | None = None) -> QuantizedModel:
     """Copy the model, fold BatchNorm, and wrap every supported layer per the method (no calibration).
 
-    ``folded``/``rewrites`` replay an earlier quantization's BN folds and ReLU6->ReLU changes."""
+    ``folded``/``rewrites`` replay an earlier quantization's BN folds and CLE's ReLU6 -> ChannelClip."""
     net = copy.deepcopy(_module(model)).eval()
     if isinstance(net, (*SUPPORTED_LAYERS, nn.LSTM)):  # a bare layer: give it a parent so it can be wrapped
         net = nn.Sequential(net)
@@ -118,8 +119,8 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
             pairs = fold_batchnorm(net, example, pairs=folded)
         else:
             log.warning("no example input: BatchNorm layers are not folded before quantization")
-    for name in rewrites or []:
-        net.set_submodule(name, nn.ReLU())
+    for name, channels in (rewrites or {}).items():
+        net.set_submodule(name, ChannelClip(channels))  # its bounds come with the saved float tensors
     split_lstms(net)  # gate projections become Linear layers, quantized like any other
     method = METHODS.get(config.method)
     layers: dict[str, dict[str, Any]] = {}
@@ -139,7 +140,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
                             "granularity": plan.weight_spec.granularity, "activations": plan.act_mode}
         elif any(True for _ in module.parameters(recurse=False)):
             layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
-    return QuantizedModel(net, config, layers, pairs, list(rewrites or []))
+    return QuantizedModel(net, config, layers, pairs, dict(rewrites or {}))
 
 
 def _parents(net: nn.Module, name: str) -> list[nn.Module]:
@@ -181,7 +182,7 @@ def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
     for name, step in steps:
         if step.before_calibration:
             qm.ptq_report[name] = step.run(qm.model, batches, config)
-    qm.rewrites = list(qm.ptq_report.get("cle", {}).get("relu6_to_relu", []))
+    qm.rewrites = dict(qm.ptq_report.get("cle", {}).get("relu6_to_channel_clip", {}))
     n = calibrate(qm, batches)
     if len(batches) < config.calib_batches and n:
         log.warning("calibrated on %d batch(es), fewer than calib_batches=%d", len(batches), config.calib_batches)

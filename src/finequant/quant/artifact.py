@@ -114,7 +114,7 @@ def load_quantized(path: str | Path) -> tuple[LoadedModel, QParams]:
     loaded = build_from_config(path)
     decoded = {name: _decode_weight(entry, tensors, name) for name, entry in meta["layers"].items()}
     qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]],
-                      rewrites=meta.get("rewrites", []))
+                      rewrites=meta.get("rewrites", {}))
     config = QuantConfig.from_dict(meta["config"])
     model = quantize_inference(loaded, qparams, config)
     float_state = {k[len("float."):]: v for k, v in tensors.items() if k.startswith("float.")}
