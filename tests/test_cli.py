@@ -87,22 +87,28 @@ def test_eval_bench_export_on_runtimes(tmp_path):
         assert "cosine" in result.output and (tmp_path / name).stat().st_size > 0
 
 
-def test_tune_writes_sensitivity_and_meets_the_budget(tmp_path):
+def test_tune_searches_within_the_budget_and_resumes_from_cached_trials(tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data",
                                "digits", "--strategy", "full", "--epochs", "2", "--image-size", "32",
                                "--max-samples", "300", "--out", str(run)]).exit_code == 0
     out = tmp_path / "tune"
-    result = runner.invoke(app, ["tune", str(run), "--max-drop", "1.0", "--bits", "4,8", "--calib", "2",
-                                 "--out", str(out)])
+    args = ["tune", str(run), "--max-drop", "1.0", "--bits", "4,8", "--calib", "2", "--objective", "size",
+            "--budget-trials", "4", "--leave-one-out", "--out", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     s = json.loads((out / "summary.json").read_text())["metrics"]
     assert (out / "sensitivity.png").stat().st_size > 1000
-    assert len(s["sensitivity"]) == 2 * len(s["chosen_bits"])
-    predicted = sum(max(r["accuracy_drop"], 0) for r in s["sensitivity"]
-                    if s["chosen_bits"][r["layer"]] == r["bits"])
-    assert predicted <= 0.01 + 1e-9
-    assert s["trials"]
-    assert s["budget_met"] == (s["val"]["accuracy_drop_pt"] <= 1.0)
-    assert s["packed_bytes"] <= s["uniform_8bit_packed_bytes"] * 1.6  # float layers can cost more than int8
-    assert (out / "quant.safetensors").is_file()
+    n_layers = len(s["leave_one_out"])
+    assert len(s["sensitivity"]) == 2 * n_layers
+    trials = s["trials"]
+    assert 1 <= len(trials) <= 4 and trials[0]["name"].startswith("mixed 4/8-bit")
+    # stops at the first trial within the budget; all earlier ones missed it
+    assert all(not t["within_budget"] for t in trials[:-1])
+    assert trials[-1]["within_budget"] == (len(trials) < 4 or trials[-1]["val_drop_pt"] <= 1.0)
+    assert s["chosen"] in [t["name"] for t in trials] and s["pareto"]
+    assert all(t["latency_ms"] > 0 and t["packed_bytes"] > 0 for t in trials)
+    assert (out / "quant.safetensors").is_file() and len(list((out / "trials").glob("*.json"))) == len(trials)
+    again = runner.invoke(app, args)  # a rerun evaluates nothing: every trial comes from the cache
+    assert again.exit_code == 0 and again.output.count("(cached)") == len(trials)
+    assert json.loads((out / "summary.json").read_text())["metrics"]["chosen"] == s["chosen"]

@@ -61,3 +61,26 @@ def test_sensitivity_table_ranks_4_bits_below_8_bits():
     for layer in ("0", "3", "7"):
         assert by[(layer, 8)].sqnr_db > by[(layer, 2)].sqnr_db + 10
         assert by[(layer, 8)].accuracy_drop < 0.02
+
+
+def test_search_stops_at_the_first_trial_within_budget_and_reuses_the_cache(tmp_path):
+    from finequant.tune.search import Trial, choose, pareto_front, search
+
+    trials = [Trial(f"t{i}", QuantConfig(weight_bits=b)) for i, b in enumerate((2, 4, 6, 8))]
+    drops = {2: 5.0, 4: 0.8, 6: 0.3, 8: 0.1}
+    calls = []
+
+    def evaluate(t):
+        calls.append(t.name)
+        b = t.config.weight_bits
+        return {"val_accuracy": 0.9 - drops[b] / 100, "val_drop_pt": drops[b], "latency_ms": float(b),
+                "packed_bytes": 100 * b}
+
+    kw = dict(within_budget=lambda r: r["val_drop_pt"] <= 0.5, budget_trials=10, cache_dir=tmp_path, context={},
+              log=lambda m: None)
+    done = search(trials, evaluate, **kw)
+    assert [t["name"] for t in done] == ["t0", "t1", "t2"] and calls == ["t0", "t1", "t2"]  # t3 never ran
+    assert choose(done, "latency")["name"] == "t2"
+    assert search(trials, evaluate, **kw) == done and len(calls) == 3  # resumed entirely from the cache
+    assert set(pareto_front(done)) == {"t0", "t1", "t2"}  # each trades accuracy for speed
+    assert len(search(trials, evaluate, **{**kw, "budget_trials": 1})) == 1

@@ -1,26 +1,34 @@
-"""``finequant tune``: per-layer sensitivity, and mixed precision (weight bits per layer) within an
-accuracy budget, measured on the validation split and reported on the test split."""
+"""``finequant tune``: per-layer sensitivity, then an accuracy-aware search (method, observer,
+granularity, bits, advanced PTQ, per-layer float fallback, mixed precision) for the fastest or
+smallest model within an accuracy budget, measured on the validation split and reported on the test
+split. Trials and the sensitivity table are cached in the output folder: a rerun resumes."""
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from finequant.cli.runs import resolve_model, run_data
 from finequant.data import make_loader
+from finequant.io import atomic_write_text
+from finequant.models.base import forward
 from finequant.quant import QuantConfig, quantize
 from finequant.quant.artifact import save_quantized
 from finequant.quant.compare import compare_models
 from finequant.summary import write_summary
-from finequant.tune import FLOAT, choose_bits, layer_sensitivity, mixed_config
+from finequant.tune import layer_sensitivity, leave_one_out
+from finequant.tune.search import OBJECTIVES, Trial, candidates, choose, config_key, latency_ms, pareto_front, search
+from finequant.tune.sensitivity import Sensitivity
 
 console = Console()
-MAX_TRIALS = 8
 
 
 def _bits(text: str) -> tuple[int, ...]:
@@ -50,85 +58,125 @@ def sensitivity_chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _cached(path: Path, compute: Any) -> Any:
+    """JSON at ``path`` if present (a resumed run), else ``compute()`` written there atomically."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    atomic_write_text(path, json.dumps(value, indent=2))
+    return value
+
+
+def _latency(qm: Any, loaded: Any, example: Any, backend: str) -> float:
+    if loaded.task == "image":
+        return latency_ms(qm, example, backend)
+    # Text models run on torch-sim (no int8 ONNX export for them yet): time one validation batch.
+    with torch.inference_mode():
+        forward(qm.model, example)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            forward(qm.model, example)
+    return (time.perf_counter() - t0) / 5 * 1000
+
+
 def tune_command(
     source: str = typer.Argument(..., help="Finetune run folder (or model folder/spec with --data)."),
     out: Path = typer.Option(..., "--out", "-o"),
-    max_drop: float = typer.Option(0.5, help="Accuracy budget in points (absolute), on the validation split."),
-    method: str = typer.Option("static", help="Base method (static, weight-only, dynamic)."),
-    bits: str = typer.Option("4,8", help="Candidate weight bit widths; float is always a candidate."),
+    max_drop: float = typer.Option(0.5, help="Accuracy budget in points on the validation split."),
+    relative: bool = typer.Option(False, help="Read --max-drop as percent of the float accuracy."),
+    objective: str = typer.Option("latency", help=f"What to minimize within the budget: {', '.join(OBJECTIVES)}."),
+    backend: str = typer.Option("onnxruntime", help="Where latency is measured: onnxruntime (int8) or torch-sim."),
+    budget_trials: int = typer.Option(12, help="Most trials to run."),
+    bits: str = typer.Option("4,8", help="Candidate weight bit widths for sensitivity and mixed precision."),
     sensitivity_only: bool = typer.Option(False, help="Only write the per-layer sensitivity table and chart."),
+    leave_one_out_: bool = typer.Option(False, "--leave-one-out", help="Also measure all-but-one-layer accuracy."),
     calib: int = typer.Option(8, help="Calibration batches."),
     data: str = typer.Option(None, help="Data spec (default: the run's)."),
 ) -> None:
-    """Per-layer sensitivity, then the smallest per-layer precision mix within --max-drop (size objective)."""
+    """Sensitivity, then the fastest (or smallest) quantized model within --max-drop, with the Pareto front."""
+    torch.manual_seed(0)
     loaded, run = resolve_model(source)
     rd = run_data(source, loaded, run, data)
     splits, data, seed = rd.splits, rd.spec, rd.seed
-    base = QuantConfig(method=method, calib_batches=calib)
+    base = QuantConfig(calib_batches=calib)
     calib_batches = [x for x, _ in make_loader(splits.train, loaded, batch_size=32, shuffle=True, seed=seed)][:calib]
     val = list(make_loader(splits.val, loaded, batch_size=128))
-    table = layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))
-    rows = [asdict(r) for r in table]
+    n_classes = len(splits.train.classes)
     out.mkdir(parents=True, exist_ok=True)
+    context = {"source": str(Path(source).resolve()), "data": data, "seed": seed, "calib": calib, "backend": backend}
+    key = config_key(base, {**context, "bits": bits})
+    rows = _cached(out / f"sensitivity-{key}.json", lambda: [
+        asdict(r) for r in layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))])
+    table = [Sensitivity(**r) for r in rows]
     sensitivity_chart(rows, out / "sensitivity.png")
-    worst = sorted(rows, key=lambda r: -r["accuracy_drop"])[:8]
+    _print_sensitivity(rows)
+    result: dict[str, Any] = {"sensitivity": rows}
+    if leave_one_out_:
+        result["leave_one_out"] = _cached(out / f"leave-one-out-{key}.json",
+                                          lambda: leave_one_out(loaded.model, base, calib_batches, val))
+    if not sensitivity_only:
+        float_acc = compare_models(loaded.model, loaded.model, val, n_classes)["float"]["accuracy"]
+        allowed_pt = max_drop * float_acc if relative else max_drop
+        example = saved_example(loaded, val)
+
+        def evaluate(trial: Trial) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            qm = quantize(loaded, trial.config, calib_batches)
+            cmp = compare_models(loaded.model, qm.model, val, n_classes)
+            return {"val_accuracy": cmp["quantized"]["accuracy"], "val_drop_pt": cmp["accuracy_drop_pt"],
+                    "packed_bytes": qm.packed_weight_bytes(),
+                    "latency_ms": _latency(qm, loaded, example, backend if loaded.task == "image" else "torch-sim"),
+                    "seconds": time.perf_counter() - t0}
+
+        trials = search(candidates(objective, table, allowed_pt), evaluate,
+                        within_budget=lambda r: r["val_drop_pt"] <= allowed_pt, budget_trials=budget_trials,
+                        cache_dir=out / "trials", context=context, log=console.print)
+        best = choose(trials, objective)
+        qm = quantize(loaded, QuantConfig.from_dict(best["config"]), calib_batches)
+        test_cmp = compare_models(loaded.model, qm.model, make_loader(splits.test, loaded, batch_size=128), n_classes)
+        save_quantized(qm, loaded, out)
+        front = pareto_front(trials)
+        _print_trials(trials, front, best["name"])
+        result.update(objective=objective, backend=backend, allowed_drop_pt=allowed_pt, float_val_accuracy=float_acc,
+                      trials=trials, pareto=front, chosen=best["name"], chosen_config=best["config"],
+                      budget_met=best["within_budget"], test=test_cmp, packed_bytes=qm.packed_weight_bytes())
+        console.print(f"chosen: {best['name']} -- val drop {best['val_drop_pt']:+.2f} pt (budget {allowed_pt:.2f}), "
+                      f"{best['latency_ms']:.2f} ms on {backend}, {best['packed_bytes'] / 1e6:.2f} MB; test accuracy "
+                      f"{test_cmp['quantized']['accuracy']:.4f} (float {test_cmp['float']['accuracy']:.4f})")
+    write_summary(out, "tune", config={"source": source, "data": data, "max_drop": max_drop, "relative": relative,
+                                       "objective": objective, "backend": backend, "budget_trials": budget_trials,
+                                       "bits": bits, "calib": calib, "sensitivity_only": sensitivity_only},
+                  metrics=result)
+    console.print(f"sensitivity chart: {out / 'sensitivity.png'}; summary.json in {out}")
+
+
+def saved_example(loaded: Any, val: list[Any]) -> Any:
+    """The latency probe: a batch-1 image for image models, the first validation batch for text."""
+    if loaded.task == "image":
+        from finequant.runtime.backends import example_input
+
+        return example_input(loaded)
+    return val[0][0]
+
+
+def _print_sensitivity(rows: list[dict[str, Any]]) -> None:
     t = Table(title="most sensitive layers (validation split)")
     for col in ("layer", "bits", "acc drop pt", "logit SQNR dB"):
         t.add_column(col, justify="right")
-    for r in worst:
+    for r in sorted(rows, key=lambda r: -r["accuracy_drop"])[:8]:
         t.add_row(r["layer"], str(r["bits"]), f"{100 * r['accuracy_drop']:.2f}", f"{r['sqnr_db']:.1f}")
     console.print(t)
-    result: dict[str, Any] = {"sensitivity": rows}
-    if not sensitivity_only:
-        # The solver predicts the drop as a sum of single-layer drops; errors compound, so verify on
-        # the validation split and tighten the predicted budget until the measured drop fits.
-        trials, predicted = [], max_drop / 100
-        for _ in range(MAX_TRIALS):
-            chosen = choose_bits(table, predicted)
-            qm = quantize(loaded, mixed_config(base, chosen), calib_batches)
-            val_cmp = compare_models(loaded.model, qm.model, val, len(splits.train.classes))
-            trials.append({"predicted_budget_pt": 100 * predicted, "val_drop_pt": val_cmp["accuracy_drop_pt"],
-                           "packed_bytes": qm.packed_weight_bytes()})
-            console.print(f"trial {len(trials)}: predicted budget {100 * predicted:.3f} pt -> measured val drop "
-                          f"{val_cmp['accuracy_drop_pt']:+.2f} pt, weights {qm.packed_weight_bytes() / 1e6:.2f} MB")
-            if val_cmp["accuracy_drop_pt"] <= max_drop or predicted == 0:
-                break
-            predicted = 0.0 if predicted < 1e-4 else predicted / 2
-        # Single-layer drops below the validation set's resolution read as zero, yet their noise adds
-        # up; then raise the noisiest (lowest-SQNR) low-bit layers a quarter at a time.
-        sqnr = {(r.layer, r.bits): r.sqnr_db for r in table}
-        widths = sorted({r.bits for r in table})
-        while val_cmp["accuracy_drop_pt"] > max_drop and len(trials) < 2 * MAX_TRIALS:
-            low = sorted((layer for layer, b in chosen.items() if b != FLOAT and b < widths[-1]),
-                         key=lambda layer: sqnr[(layer, chosen[layer])])
-            if not low:
-                break
-            for layer in low[:max(1, len(low) // 4)]:
-                chosen[layer] = widths[widths.index(chosen[layer]) + 1]
-            qm = quantize(loaded, mixed_config(base, chosen), calib_batches)
-            val_cmp = compare_models(loaded.model, qm.model, val, len(splits.train.classes))
-            trials.append({"raised_noisiest": len(low[:max(1, len(low) // 4)]),
-                           "val_drop_pt": val_cmp["accuracy_drop_pt"], "packed_bytes": qm.packed_weight_bytes()})
-            console.print(f"trial {len(trials)}: raised the {trials[-1]['raised_noisiest']} noisiest low-bit layers "
-                          f"-> val drop {val_cmp['accuracy_drop_pt']:+.2f} pt, "
-                          f"weights {qm.packed_weight_bytes() / 1e6:.2f} MB")
-        test_cmp = compare_models(loaded.model, qm.model, make_loader(splits.test, loaded, batch_size=128),
-                                  len(splits.train.classes))
-        save_quantized(qm, loaded, out)
-        uniform = quantize(loaded, base, calib_batches)
-        result.update(trials=trials, budget_met=val_cmp["accuracy_drop_pt"] <= max_drop, chosen_bits={k: ("float" if v == FLOAT else v) for k, v in chosen.items()},
-                      val=val_cmp, test=test_cmp, packed_bytes=qm.packed_weight_bytes(),
-                      uniform_8bit_packed_bytes=uniform.packed_weight_bytes())
-        counts = {b: sum(1 for v in chosen.values() if v == b) for b in set(chosen.values())}
-        mix = ', '.join(f"{n} layers at {'float' if b == FLOAT else f'{b}-bit'}" for b, n in counts.items())
-        console.print(f"chosen: {mix}; "
-                      f"val drop {val_cmp['accuracy_drop_pt']:+.2f} pt (budget {max_drop}), test accuracy "
-                      f"{test_cmp['quantized']['accuracy']:.4f} (float {test_cmp['float']['accuracy']:.4f}); weights "
-                      f"{qm.packed_weight_bytes() / 1e6:.2f} MB vs all-int8 {uniform.packed_weight_bytes() / 1e6:.2f} MB")
-    write_summary(out, "tune", config={"source": source, "data": data, "max_drop_pt": max_drop, "base": base,
-                                       "bits": bits, "sensitivity_only": sensitivity_only},
-                  metrics=result)
-    console.print(f"sensitivity chart: {out / 'sensitivity.png'}; summary.json in {out}")
+
+
+def _print_trials(trials: list[dict[str, Any]], front: list[str], chosen: str) -> None:
+    t = Table(title="trials (validation split); * = Pareto front (accuracy, latency, size)")
+    for col in ("trial", "val acc", "drop pt", "latency ms", "size MB", ""):
+        t.add_column(col, justify="right")
+    for r in trials:
+        mark = ("*" if r["name"] in front else "") + (" chosen" if r["name"] == chosen else "")
+        t.add_row(r["name"], f"{r['val_accuracy']:.4f}", f"{r['val_drop_pt']:+.2f}", f"{r['latency_ms']:.2f}",
+                  f"{r['packed_bytes'] / 1e6:.2f}", mark)
+    console.print(t)
 
 
 def register(app: typer.Typer) -> None:

@@ -49,9 +49,10 @@ def execution_order(model: nn.Module, example: Any) -> list[str]:
 @torch.no_grad()
 def capture(model: nn.Module, layer: QuantLayer, batches: list[Any],
             fn: Callable[[QuantLayer, torch.Tensor, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-    """``fn(layer, input, output)`` for each batch, computed inside ``layer``'s forward hook."""
+    """``fn(layer, input, output)`` for each batch, computed inside ``layer``'s forward hook and
+    copied at once (an in-place op downstream, e.g. timm's ``ReLU6(inplace=True)``, would change it)."""
     out: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda mod, a, y: out.append(fn(mod, a[0], y)))
+    handle = layer.register_forward_hook(lambda mod, a, y: out.append(fn(mod, a[0], y).detach().clone()))
     try:
         for x in batches:
             forward(model, x)

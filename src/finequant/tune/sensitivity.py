@@ -55,3 +55,23 @@ def layer_sensitivity(model: nn.Module, base: QuantConfig, calib: list[Any], val
             acc = float((torch.cat(out).argmax(1) == labels).float().mean())
             rows.append(Sensitivity(name, b, sqnr_db(torch.cat(ref), torch.cat(out)), acc, float_acc - acc, size))
     return rows
+
+
+@torch.no_grad()
+def leave_one_out(model: nn.Module, base: QuantConfig, calib: list[Any], val: list[tuple[Any, torch.Tensor]],
+                  layers: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per layer: validation accuracy with every layer quantized but that one (kept float), and the
+    points it recovers over quantizing all layers; catches layers that only hurt in combination."""
+    labels = torch.cat([y for _, y in val])
+
+    def accuracy(cfg: QuantConfig) -> float:
+        qm = prepare(model, cfg, calib[0] if calib else None)
+        calibrate(qm, calib)
+        return float((torch.cat([forward(qm.model, x) for x, _ in val]).argmax(1) == labels).float().mean())
+
+    all_quantized = accuracy(base)
+    rows = []
+    for name in layers or quantizable_layers(model):
+        acc = accuracy(replace(base, skip=["^" + re.escape(name) + "$"], overrides={}))
+        rows.append({"layer": name, "accuracy_all_but_this": acc, "recovered_pt": 100 * (acc - all_quantized)})
+    return rows

@@ -1,0 +1,159 @@
+"""Accuracy-aware search: try quantization configs, cheapest first, until one meets the budget.
+
+Each trial quantizes the model with one :class:`QuantConfig`, measures validation accuracy (never
+the test split), packed size, and latency on the chosen backend, and is cached on disk under its
+config's hash, so an interrupted search resumes where it stopped. Candidates are ordered by their
+expected cost for the objective; the search stops at the first trial within the budget (or when
+the trial budget runs out) and returns every trial and the Pareto front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finequant.errors import ConfigError
+from finequant.io import atomic_write_text
+from finequant.quant.api import QuantizedModel
+from finequant.quant.config import QuantConfig
+from finequant.tune.mixed import FLOAT, choose_bits, mixed_config
+from finequant.tune.sensitivity import Sensitivity
+
+OBJECTIVES = ("latency", "size")
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    config: QuantConfig
+
+
+def _float_fallback(base: QuantConfig, layers: list[str]) -> QuantConfig:
+    return mixed_config(base, {layer: FLOAT for layer in layers})
+
+
+def candidates(objective: str, table: list[Sensitivity], max_drop: float) -> list[Trial]:
+    """Trials in order of expected cost (cheapest first) for ``objective``.
+
+    latency: all-int8 variants (per-tensor, then per-channel with each observer and advanced PTQ),
+    then per-layer float fallback of the most sensitive layers (1, 2, 4, 8 of them).
+    size: mixed 4/8-bit weights chosen by the solver at shrinking predicted budgets, 4-bit AdaRound,
+    then the latency list.
+    """
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective!r}: allowed {', '.join(OBJECTIVES)}")
+    per_channel = QuantConfig()
+    trials = [Trial("int8 per-tensor", QuantConfig(granularity="per-tensor")),
+              Trial("int8 per-tensor + CLE + bias correction",
+                    QuantConfig(granularity="per-tensor", ptq=["cle", "bias-correction"])),
+              Trial("int8 per-channel", per_channel),
+              Trial("int8 per-channel, percentile", QuantConfig(observer="percentile")),
+              Trial("int8 per-channel, mse", QuantConfig(observer="mse")),
+              Trial("int8 per-channel + bias correction", QuantConfig(ptq=["bias-correction"]))]
+    eight = [r for r in table if r.bits == 8] or table
+    ranked = [r.layer for r in sorted(eight, key=lambda r: (-r.accuracy_drop, r.sqnr_db))]
+    for k in (1, 2, 4, 8):
+        if k <= len(ranked):
+            trials.append(Trial(f"int8 per-channel, {k} most sensitive layer(s) in float",
+                                _float_fallback(per_channel, ranked[:k])))
+    if objective == "size":
+        sized = []
+        if any(r.bits == 4 for r in table):
+            for frac in (1.0, 0.5, 0.25, 0.0):
+                chosen = choose_bits(table, max_drop / 100 * frac)
+                sized.append(Trial(f"mixed 4/8-bit, predicted drop <= {max_drop * frac:.2f} pt",
+                                   mixed_config(per_channel, chosen)))
+            sized.append(Trial("W4A8 per-channel + AdaRound", QuantConfig(weight_bits=4, ptq=["adaround"])))
+        trials = sized + trials
+    unique: dict[str, Trial] = {}
+    for t in trials:
+        unique.setdefault(config_key(t.config), t)
+    return list(unique.values())
+
+
+def config_key(config: QuantConfig, context: dict[str, Any] | None = None) -> str:
+    blob = json.dumps({"config": asdict(config), "context": context or {}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pareto_front(trials: list[dict[str, Any]], keys: tuple[str, ...] = ("val_accuracy", "latency_ms",
+                                                                         "packed_bytes")) -> list[str]:
+    """Names of trials no other trial beats on every key (accuracy higher, others lower)."""
+    def better_or_equal(a: dict, b: dict) -> bool:
+        return all((a[k] >= b[k]) if k == "val_accuracy" else (a[k] <= b[k]) for k in keys)
+
+    front = []
+    for t in trials:
+        dominated = any(better_or_equal(o, t) and any(o[k] != t[k] for k in keys) for o in trials if o is not t)
+        if not dominated:
+            front.append(t["name"])
+    return front
+
+
+def latency_ms(qm: QuantizedModel, example: torch.Tensor, backend: str, repeats: int = 20) -> float:
+    """Median batch-1 latency of the quantized model on ``backend`` (``onnxruntime``: the int8 QDQ export)."""
+    from finequant.runtime.backends import Runner
+    from finequant.runtime.bench import measure
+
+    if backend == "onnxruntime":
+        from finequant.runtime.onnx_qdq import export_qdq
+        from finequant.runtime.ort import run as ort_run
+        from finequant.runtime.ort import session
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trial.onnx"
+            export_qdq(qm, example, path)
+            sess = session(path)
+            runner = Runner("onnxruntime", lambda x: ort_run(sess, x), path)
+            return measure(runner, example.numpy(), warmup=3, repeats=repeats, min_seconds=0.3)["p50_ms"]
+    if backend != "torch-sim":
+        raise ConfigError(f"tune measures latency on 'onnxruntime' or 'torch-sim', not {backend!r}")
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return qm.model(torch.from_numpy(x)).numpy()
+
+    return measure(Runner("torch-sim", predict, None), example.numpy(), warmup=2, repeats=repeats,
+                   min_seconds=0.3)["p50_ms"]
+
+
+def search(trials: list[Trial], evaluate: Callable[[Trial], dict[str, Any]], *, within_budget: Callable[
+        [dict[str, Any]], bool], budget_trials: int, cache_dir: Path, context: dict[str, Any],
+           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run trials in order (cached results are reused) until one is within budget or
+    ``budget_trials`` have run. ``evaluate`` returns the trial's metrics."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    done: list[dict[str, Any]] = []
+    for trial in trials[:budget_trials]:
+        path = cache_dir / f"{config_key(trial.config, context)}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            log(f"trial {len(done) + 1} (cached): {trial.name}")
+        else:
+            result = {"name": trial.name, "config": asdict(trial.config), **evaluate(trial)}
+            atomic_write_text(path, json.dumps(result, indent=2))
+        result["within_budget"] = within_budget(result)
+        done.append(result)
+        log(f"trial {len(done)}: {trial.name}: val acc {result['val_accuracy']:.4f} (drop "
+            f"{result['val_drop_pt']:+.2f} pt), {result['latency_ms']:.2f} ms, {result['packed_bytes'] / 1e6:.2f} MB"
+            + ("  <- within budget" if result["within_budget"] else ""))
+        if result["within_budget"]:
+            break
+    return done
+
+
+def choose(done: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The best trial within budget for the objective, else the most accurate one."""
+    ok = [t for t in done if t["within_budget"]]
+    if not ok:
+        return max(done, key=lambda t: t["val_accuracy"])
+    key = "latency_ms" if objective == "latency" else "packed_bytes"
+    return min(ok, key=lambda t: (t[key], -t["val_accuracy"]))
