@@ -33,9 +33,11 @@ def test_data_inspect_mnist5k_writes_summary(tmp_path):
     assert s["environment"]["versions"]["torch"]
 
 
-def test_planned_command_says_so_and_fails():
-    result = runner.invoke(app, ["report", "x"])
-    assert result.exit_code == 2
+def test_report_on_a_folder_without_runs_says_so(tmp_path):
+    from finequant.errors import FinequantError
+
+    with pytest.raises(FinequantError, match="no summary.json"):
+        runner.invoke(app, ["report", str(tmp_path)], catch_exceptions=False)
 
 
 def test_finetune_then_quantize_cli(tmp_path):

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finequant.cli import catalog, demo, deploy, finetune, planned, quantize, tune
+from finequant.cli import catalog, demo, deploy, finetune, pipeline, quantize, report, tune
 from finequant.errors import FinequantError
 
 console = Console()
@@ -26,7 +26,8 @@ demo.register(app)
 quantize.register(app)
 deploy.register(app)
 tune.register(app)
-planned.register(app)
+report.register(app)
+pipeline.register(app)
 
 
 @app.callback()
