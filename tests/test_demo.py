@@ -12,7 +12,10 @@ def test_demo_runs_end_to_end_and_its_table_matches_summary(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     variants = {v["variant"]: v for v in summary["metrics"]["variants"]}
-    assert set(variants) == {"vision fp32", "vision int8 static", "text fp32", "text int8 dynamic", "text fp16"}
+    tuned = next(v for v in variants if v.startswith("vision tuned ("))
+    assert set(variants) == {"vision fp32", "vision int8 static", tuned, "text fp32", "text int8 dynamic", "text fp16"}
+    assert variants[tuned]["backend"] == "onnxruntime" and variants[tuned]["speedup"] > 1.0
+    assert summary["timings"]["vision: tune (latency, within 0.5 pt)"] < 150
     for v in variants.values():
         assert f"{v['accuracy']:.4f}" in result.output  # the printed table is the summary's numbers
     assert variants["vision fp32"]["accuracy"] > 0.95
@@ -21,3 +24,5 @@ def test_demo_runs_end_to_end_and_its_table_matches_summary(tmp_path):
     assert variants["vision int8 static"]["speedup"] > 1.0
     assert variants["vision int8 static"]["size_bytes"] < 0.3 * variants["vision fp32"]["size_bytes"]
     assert variants["text fp32"]["accuracy"] > 0.65
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "report.html" in result.output

@@ -1,5 +1,6 @@
 import errno
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,3 +53,75 @@ def test_full_disk_leaves_no_partial_file_under_the_final_name(tmp_path, monkeyp
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old and complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left behind
+
+
+def test_an_input_size_the_model_cannot_take_fails_before_training(tmp_path):
+    from torch import nn
+
+    from finequant.data import load_data, stratified_split
+    from finequant.errors import ModelError
+    from finequant.models.base import LoadedModel, Preprocess
+    from finequant.train import FinetuneConfig, finetune
+
+    # 7x7 valid conv, then a Linear sized for 32 px inputs: 16 px images cannot pass
+    net = nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    loaded = LoadedModel(net, "test:fixed32", "image", "2", {"spec": "test:fixed32"},
+                         preprocess=Preprocess(input_size=32, crop_pct=1.0))
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=200)
+    with pytest.raises(ModelError, match=r"test:fixed32 cannot take input of shape \(2, 3, 16, 16\).*image.size.*32"):
+        finetune(loaded, splits, FinetuneConfig(epochs=1, image_size=16), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.gz"])
+def test_image_folder_archives_load_like_the_folder(image_folder, tmp_path, fmt):
+    import shutil
+
+    from finequant.data import load_data
+
+    archive = shutil.make_archive(str(tmp_path / "imgs"), "zip" if fmt == "zip" else "gztar", image_folder.parent,
+                                  image_folder.name)
+    data = load_data(f"imagefolder:{archive}")
+    assert data.classes == ["cat", "dog", "owl"] and len(data) == 18
+    assert len(load_data(f"imagefolder:{archive}")) == 18  # second load reuses the extraction
+
+
+@pytest.mark.parametrize("member", ["../escaped.png", "/tmp/finequant-abs-escape.png", "cat/../../escaped.png"])
+def test_archives_never_extract_outside_their_folder(tmp_path, member):
+    import io
+    import tarfile
+    import zipfile
+
+    from finequant.data import load_data
+    from finequant.errors import DataError
+
+    for kind in ("zip", "tar"):
+        archive = tmp_path / f"evil.{kind}"
+        if kind == "zip":
+            with zipfile.ZipFile(archive, "w") as z:
+                z.writestr("cat/ok.png", b"x")
+                z.writestr(member, b"payload")
+        else:
+            with tarfile.open(archive, "w") as t:
+                info = tarfile.TarInfo(member)
+                info.size = 7
+                t.addfile(info, io.BytesIO(b"payload"))
+        with pytest.raises(DataError, match="outside the extraction folder"):
+            load_data(f"imagefolder:{archive}")
+    assert not (tmp_path.parent / "escaped.png").exists() and not Path("/tmp/finequant-abs-escape.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial extraction left behind
+
+
+def test_archive_links_are_refused(tmp_path):
+    import tarfile
+
+    from finequant.data import load_data
+    from finequant.errors import DataError
+
+    archive = tmp_path / "link.tar"
+    with tarfile.open(archive, "w") as t:
+        info = tarfile.TarInfo("cat/passwd.png")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    with pytest.raises(DataError, match="link or device"):
+        load_data(f"imagefolder:{archive}")

@@ -105,12 +105,19 @@ def tune_command(
     out.mkdir(parents=True, exist_ok=True)
     context = {"source": str(Path(source).resolve()), "data": data, "seed": seed, "calib": calib, "backend": backend}
     key = config_key(base, {**context, "bits": bits})
-    rows = _cached(out / f"sensitivity-{key}.json", lambda: [
-        asdict(r) for r in layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))])
-    table = [Sensitivity(**r) for r in rows]
-    sensitivity_chart(rows, out / "sensitivity.png")
-    _print_sensitivity(rows)
-    result: dict[str, Any] = {"sensitivity": rows}
+    result: dict[str, Any] = {}
+
+    def sensitivity() -> list[Sensitivity]:
+        """Computed on first need (size objective, float fallback, --sensitivity-only), then cached."""
+        if "sensitivity" not in result:
+            result["sensitivity"] = _cached(out / f"sensitivity-{key}.json", lambda: [
+                asdict(r) for r in layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))])
+            sensitivity_chart(result["sensitivity"], out / "sensitivity.png")
+            _print_sensitivity(result["sensitivity"])
+        return [Sensitivity(**r) for r in result["sensitivity"]]
+
+    if sensitivity_only or objective == "size":
+        sensitivity()
     if leave_one_out_:
         result["leave_one_out"] = _cached(out / f"leave-one-out-{key}.json",
                                           lambda: leave_one_out(loaded.model, base, calib_batches, val))
@@ -128,9 +135,18 @@ def tune_command(
                     "latency_ms": _latency(qm, loaded, example, backend if loaded.task == "image" else "torch-sim"),
                     "seconds": time.perf_counter() - t0}
 
-        trials = search(candidates(objective, table, allowed_pt), evaluate,
-                        within_budget=lambda r: r["val_drop_pt"] <= allowed_pt, budget_trials=budget_trials,
-                        cache_dir=out / "trials", context=context, log=console.print)
+        def run_trials(trials: list[Trial], budget: int) -> list[dict[str, Any]]:
+            return search(trials, evaluate, within_budget=lambda r: r["val_drop_pt"] <= allowed_pt,
+                          budget_trials=budget, cache_dir=out / "trials", context=context, log=console.print)
+
+        # Whole-model variants need no sensitivity table; only if none fits is it computed, to rank
+        # layers for float fallback (it costs one quantize + validation pass per layer and bit width).
+        table = [Sensitivity(**r) for r in result.get("sensitivity", [])]
+        trials = run_trials(candidates(objective, table, allowed_pt), budget_trials)
+        if not any(t["within_budget"] for t in trials) and len(trials) < budget_trials and not table:
+            tried = {t["name"] for t in trials}
+            rest = [t for t in candidates(objective, sensitivity(), allowed_pt) if t.name not in tried]
+            trials += run_trials(rest, budget_trials - len(trials))
         best = choose(trials, objective)
         qm = quantize(loaded, QuantConfig.from_dict(best["config"]), calib_batches)
         test_cmp = compare_models(loaded.model, qm.model, make_loader(splits.test, loaded, batch_size=128), n_classes)

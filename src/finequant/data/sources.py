@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from finequant.data.archives import extract_archive, is_archive
 from finequant.data.base import LabeledData
 from finequant.errors import DataError, SpecError
 from finequant.registry import Registry
@@ -61,9 +62,14 @@ def _check_images(paths: list[Path], labels: list[int], source: str, strict: boo
     return good_p, good_l, warnings
 
 
-@DATA_SOURCES.register("imagefolder", "imagefolder:PATH - one sub-folder of images per class")
+@DATA_SOURCES.register("imagefolder", "imagefolder:PATH - one sub-folder of images per class (or a .zip/.tar of it)")
 def imagefolder(path: str, *, strict: bool = False, **_: str) -> LabeledData:
     root = Path(path)
+    if is_archive(root):
+        root = extract_archive(root)
+        inner = [d for d in root.iterdir() if not d.name.startswith(".")]
+        if len(inner) == 1 and inner[0].is_dir() and all(c.is_dir() for c in inner[0].iterdir()):
+            root = inner[0]  # an archive of the folder itself rather than of its contents
     if not root.is_dir():
         raise DataError(f"imagefolder:{path}: no such folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 
 from finequant.data.base import LabeledData, Splits, stratified_split
 from finequant.data.loaders import TextCollate, make_dataset
-from finequant.errors import ConfigError, FinequantError
+from finequant.errors import ConfigError, FinequantError, ModelError
 from finequant.models.artifact import save_artifact
 from finequant.models.base import LoadedModel, forward, to_device
 from finequant.train.checkpoint import load_checkpoint, save_checkpoint
@@ -174,6 +174,25 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                     reduction="batchmean", log_target=True) * temperature**2
 
 
+@torch.no_grad()
+def check_input(loaded: LoadedModel, dataset: Any, collate: Any, device: torch.device, native_size: int) -> None:
+    """One forward pass on two training samples before any training, so that an input the model
+    cannot take fails at once with the model, the input shape and the fix, not deep in epoch one."""
+    x, _ = next(iter(DataLoader(dataset, batch_size=min(2, len(dataset)), collate_fn=collate)))
+    was_training = loaded.model.training
+    loaded.model.eval()
+    try:
+        forward(loaded.model, to_device(x, device))
+    except (RuntimeError, ValueError, IndexError) as e:
+        shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
+        fix = (f"set --image-size (finetune config image_size) to the model's size, "
+               f"{native_size}, or another size it accepts" if loaded.task == "image"
+               else "check that the tokenizer belongs to the model")
+        raise ModelError(f"{loaded.spec} cannot take input of shape {shape}: {str(e).splitlines()[0]}; {fix}") from e
+    finally:
+        loaded.model.train(was_training)
+
+
 def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfig | None = None,
              out_dir: str | Path | None = None, resume: bool = False,
              teacher: nn.Module | None = None) -> FinetuneResult:
@@ -188,6 +207,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     splits = data if isinstance(data, Splits) else stratified_split(data, seed=cfg.seed)
     classes = splits.train.classes
     loaded.set_num_classes(len(classes), classes)
+    native_size = loaded.preprocess.input_size
     if loaded.task == "image" and cfg.image_size:
         loaded.preprocess = loaded.preprocess.with_size(cfg.image_size)
     if cfg.batch_size % info.world_size:
@@ -223,6 +243,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
         torch.set_rng_state(ckpt["rng"])
         log.info("resuming %s after epoch %d", out, ckpt["epoch"])
 
+    check_input(loaded, train_set, collate, device, native_size)
     timings: dict[str, float] = {"feature_extraction_s": 0.0}
     cache: dict[str, TensorDataset] = {}
     opt = sched = train_module = None
