@@ -125,3 +125,67 @@ def test_archive_links_are_refused(tmp_path):
         t.addfile(info)
     with pytest.raises(DataError, match="link or device"):
         load_data(f"imagefolder:{archive}")
+
+
+def test_sigkill_during_tune_resumes_from_cached_trials(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cli = [sys.executable, "-m", "finequant"]
+    run, out = tmp_path / "run", tmp_path / "tune"
+    subprocess.run([*cli, "finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data", "digits",
+                    "--strategy", "full", "--epochs", "1", "--image-size", "32", "--max-samples", "300",
+                    "--out", str(run)], check=True, capture_output=True)
+    # a budget no trial meets, so the search runs all its trials
+    args = [*cli, "tune", str(run), "--max-drop", "-1", "--backend", "torch-sim", "--budget-trials", "3",
+            "--calib", "2", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((out / "trials").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list((out / "trials").glob("*.json")))
+    assert 1 <= finished < 3 and not (out / "summary.json").exists()
+    for f in (out / "trials").glob("*.json"):
+        json.loads(f.read_text())  # written atomically: never a half-written trial
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("(cached)") == finished
+    assert len(json.loads((out / "summary.json").read_text())["metrics"]["trials"]) == 3
+
+
+def test_a_crashed_ddp_worker_ends_the_job_instead_of_hanging(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    factory = tmp_path / "crashing.py"
+    factory.write_text(
+        "import os\nimport torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.calls = 0\n"
+        "        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+        "        self.fc = nn.Linear(8, 10)\n\n"
+        "    def forward(self, x):\n"
+        "        self.calls += 1\n"
+        "        if os.environ.get('RANK') == '1' and self.calls == 4:\n"
+        "            os._exit(3)  # a worker dies mid-epoch (OOM kill, hardware fault)\n"
+        "        return self.fc(self.body(x))\n\n"
+        "def build():\n    return Net()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FINEQUANT_DIST_TIMEOUT": "60"}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29541", "-m", "finequant", "finetune", "--model", f"file:{factory}:build",
+                           "--trust-remote-code", "--data", "digits", "--strategy", "full", "--epochs", "2",
+                           "--image-size", "32", "--max-samples", "600", "--batch-size", "32",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode != 0
+    assert "exitcode" in proc.stderr and ": 3" in proc.stderr  # torchrun names the failed rank and its exit code
+    assert time.time() - t0 < 180
+    assert not (tmp_path / "run" / "summary.json").exists()
