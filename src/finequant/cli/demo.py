@@ -72,7 +72,8 @@ def _demo_one(name: str, out: Path, steps: _Steps) -> list[dict[str, Any]]:
     if name == "vision":  # tune; the int8 models on real integer kernels, and their speed against fp32
         tdir = out / name / "tune"
         steps.run("vision: tune (latency, within 0.5 pt)", tune_command, source=str(run_dir), out=tdir, max_drop=0.5,
-                  relative=False, objective="latency", backend="onnxruntime", budget_trials=4, bits="4,8",
+                  relative=False, objective="latency", backend="onnxruntime", method="static", budget_trials=4,
+                  bits="4,8",
                   sensitivity_only=False, leave_one_out_=False, calib=8, data=None)
         tuned = read_summary(tdir)["metrics"]
         rows.append({"variant": f"{name} tuned ({tuned['chosen']})", "accuracy": tuned["test"]["quantized"]["accuracy"],

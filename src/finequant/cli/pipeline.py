@@ -45,6 +45,7 @@ class TuneStep:
     relative: bool = False
     objective: str = "latency"
     backend: str = "onnxruntime"
+    method: str = "static"
     budget_trials: int = 8
     bits: str = "4,8"
     calib: int = 8
@@ -163,7 +164,7 @@ def run_pipeline(p: Pipeline) -> dict[str, Any]:
         t = p.tune
         h = r.step("tune", {"upstream": h_ft, "tune": asdict(t)}, lambda d: tune_command(
             source=run_dir, out=d, max_drop=t.max_drop, relative=t.relative, objective=t.objective,
-            backend=t.backend, budget_trials=t.budget_trials, bits=t.bits, sensitivity_only=False,
+            backend=t.backend, method=t.method, budget_trials=t.budget_trials, bits=t.bits, sensitivity_only=False,
             leave_one_out_=False, calib=t.calib, data=None))
         deployables["tune"] = h
     if p.export:

@@ -86,6 +86,7 @@ def tune_command(
     relative: bool = typer.Option(False, help="Read --max-drop as percent of the float accuracy."),
     objective: str = typer.Option("latency", help=f"What to minimize within the budget: {', '.join(OBJECTIVES)}."),
     backend: str = typer.Option("onnxruntime", help="Where latency is measured: onnxruntime (int8) or torch-sim."),
+    method: str = typer.Option("static", help="Base method the trials vary (static; dynamic for transformers)."),
     budget_trials: int = typer.Option(12, help="Most trials to run."),
     bits: str = typer.Option("4,8", help="Candidate weight bit widths for sensitivity and mixed precision."),
     sensitivity_only: bool = typer.Option(False, help="Only write the per-layer sensitivity table and chart."),
@@ -98,7 +99,7 @@ def tune_command(
     loaded, run = resolve_model(source)
     rd = run_data(source, loaded, run, data)
     splits, data, seed = rd.splits, rd.spec, rd.seed
-    base = QuantConfig(calib_batches=calib)
+    base = QuantConfig(method=method, calib_batches=calib)
     calib_batches = [x for x, _ in make_loader(splits.train, loaded, batch_size=32, shuffle=True, seed=seed)][:calib]
     val = list(make_loader(splits.val, loaded, batch_size=128))
     n_classes = len(splits.train.classes)
@@ -142,10 +143,10 @@ def tune_command(
         # Whole-model variants need no sensitivity table; only if none fits is it computed, to rank
         # layers for float fallback (it costs one quantize + validation pass per layer and bit width).
         table = [Sensitivity(**r) for r in result.get("sensitivity", [])]
-        trials = run_trials(candidates(objective, table, allowed_pt), budget_trials)
+        trials = run_trials(candidates(objective, table, allowed_pt, base), budget_trials)
         if not any(t["within_budget"] for t in trials) and len(trials) < budget_trials and not table:
             tried = {t["name"] for t in trials}
-            rest = [t for t in candidates(objective, sensitivity(), allowed_pt) if t.name not in tried]
+            rest = [t for t in candidates(objective, sensitivity(), allowed_pt, base) if t.name not in tried]
             trials += run_trials(rest, budget_trials - len(trials))
         best = choose(trials, objective)
         qm = quantize(loaded, QuantConfig.from_dict(best["config"]), calib_batches)
@@ -160,7 +161,8 @@ def tune_command(
                       f"{best['latency_ms']:.2f} ms on {backend}, {best['packed_bytes'] / 1e6:.2f} MB; test accuracy "
                       f"{test_cmp['quantized']['accuracy']:.4f} (float {test_cmp['float']['accuracy']:.4f})")
     write_summary(out, "tune", config={"source": source, "data": data, "max_drop": max_drop, "relative": relative,
-                                       "objective": objective, "backend": backend, "budget_trials": budget_trials,
+                                       "objective": objective, "backend": backend, "method": method,
+                                       "budget_trials": budget_trials,
                                        "bits": bits, "calib": calib, "sensitivity_only": sensitivity_only},
                   metrics=result)
     console.print(f"sensitivity chart: {out / 'sensitivity.png'}; summary.json in {out}")

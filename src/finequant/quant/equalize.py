@@ -37,8 +37,8 @@ class ChannelClip(nn.Module):
         return torch.minimum(torch.relu(x), self.high.reshape(shape))
 
 
-PASSTHROUGH = (ChannelClip, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten)
+PASSTHROUGH = (ChannelClip, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
+               nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten)
 ITERATIONS = 4
 
 

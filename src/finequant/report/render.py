@@ -160,7 +160,8 @@ def write_report(paths: list[str | Path], out: str | Path) -> dict[str, Any]:
         test = (s.get("metrics") or {}).get("test", {})
         if test.get("confusion_matrix"):
             classes = (s.get("config") or {}).get("classes") or []
-            images.append((f"Fine-tuning: {name}", "confusion matrix", confusion_plot(test["confusion_matrix"], classes)))
+            images.append((f"Fine-tuning: {name}", "confusion matrix",
+                           confusion_plot(test["confusion_matrix"], classes)))
     for name, s in c.tunes.items():
         m = s.get("metrics") or {}
         if m.get("sensitivity"):
@@ -183,8 +184,11 @@ def write_report(paths: list[str | Path], out: str | Path) -> dict[str, Any]:
 
 def _table_html(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td class='{'n' if i > 0 and cell[:1].isdigit() else ''}'>{html.escape(cell)}</td>"
-                                    for i, cell in enumerate(r)) + "</tr>" for r in rows)
+    def cell(i: int, text: str) -> str:
+        numeric = i > 0 and text[:1].isdigit()
+        return f"<td class='{'n' if numeric else ''}'>{html.escape(text)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

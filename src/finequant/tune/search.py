@@ -13,7 +13,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,38 +40,47 @@ def _float_fallback(base: QuantConfig, layers: list[str]) -> QuantConfig:
     return mixed_config(base, {layer: FLOAT for layer in layers})
 
 
-def candidates(objective: str, table: list[Sensitivity], max_drop: float) -> list[Trial]:
-    """Trials in order of expected cost (cheapest first) for ``objective``.
+def candidates(objective: str, table: list[Sensitivity], max_drop: float,
+               base: QuantConfig | None = None) -> list[Trial]:
+    """Trials in order of expected cost (cheapest first) for ``objective``, built on ``base``'s method.
 
-    latency: all-int8 variants (per-tensor, then per-channel with each observer and advanced PTQ),
-    then per-layer float fallback of the most sensitive layers (1, 2, 4, 8 of them).
+    latency: all-int8 variants (per-tensor, then per-channel with each observer and advanced PTQ;
+    observer and CLE variants only for calibrated methods), then per-layer float fallback of the
+    most sensitive layers (1, 2, 4, 8 of them; needs ``table``).
     size: mixed 4/8-bit weights chosen by the solver at shrinking predicted budgets, 4-bit AdaRound,
     then the latency list.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r}: allowed {', '.join(OBJECTIVES)}")
-    per_channel = QuantConfig()
-    trials = [Trial("int8 per-tensor", QuantConfig(granularity="per-tensor")),
-              Trial("int8 per-tensor + CLE + bias correction",
-                    QuantConfig(granularity="per-tensor", ptq=["cle", "bias-correction"])),
-              Trial("int8 per-channel", per_channel),
-              Trial("int8 per-channel, percentile", QuantConfig(observer="percentile")),
-              Trial("int8 per-channel, mse", QuantConfig(observer="mse")),
-              Trial("int8 per-channel + bias correction", QuantConfig(ptq=["bias-correction"]))]
+    base = base or QuantConfig()
+    method = base.method
+    calibrated = method in ("static", "qat")
+    per_channel = replace(base, granularity="per-channel", weight_bits=8)
+    trials = []
+    if calibrated:
+        trials += [Trial(f"int8 {method} per-tensor", replace(per_channel, granularity="per-tensor")),
+                   Trial(f"int8 {method} per-tensor + CLE + bias correction",
+                         replace(per_channel, granularity="per-tensor", ptq=["cle", "bias-correction"]))]
+    trials.append(Trial(f"int8 {method} per-channel", per_channel))
+    if calibrated:
+        trials += [Trial(f"int8 {method} per-channel, percentile", replace(per_channel, observer="percentile")),
+                   Trial(f"int8 {method} per-channel, mse", replace(per_channel, observer="mse"))]
+    trials.append(Trial(f"int8 {method} per-channel + bias correction", replace(per_channel, ptq=["bias-correction"])))
     eight = [r for r in table if r.bits == 8] or table
     ranked = [r.layer for r in sorted(eight, key=lambda r: (-r.accuracy_drop, r.sqnr_db))]
     for k in (1, 2, 4, 8):
         if k <= len(ranked):
-            trials.append(Trial(f"int8 per-channel, {k} most sensitive layer(s) in float",
+            trials.append(Trial(f"int8 {method} per-channel, {k} most sensitive layer(s) in float",
                                 _float_fallback(per_channel, ranked[:k])))
     if objective == "size":
         sized = []
         if any(r.bits == 4 for r in table):
             for frac in (1.0, 0.5, 0.25, 0.0):
                 chosen = choose_bits(table, max_drop / 100 * frac)
-                sized.append(Trial(f"mixed 4/8-bit, predicted drop <= {max_drop * frac:.2f} pt",
+                sized.append(Trial(f"mixed 4/8-bit {method}, predicted drop <= {max_drop * frac:.2f} pt",
                                    mixed_config(per_channel, chosen)))
-            sized.append(Trial("W4A8 per-channel + AdaRound", QuantConfig(weight_bits=4, ptq=["adaround"])))
+            sized.append(Trial(f"W4 {method} per-channel + AdaRound",
+                               replace(per_channel, weight_bits=4, ptq=["adaround"])))
         trials = sized + trials
     unique: dict[str, Trial] = {}
     for t in trials:
