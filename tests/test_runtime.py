@@ -68,3 +68,41 @@ def test_openvino_runs_the_same_int8_onnx(trained, tmp_path):
         sim = qm.model(x).numpy()
     cos = (got * sim).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(sim, axis=1)
     assert cos.mean() >= 0.999
+
+
+class _TinyEncoder(nn.Module):
+    """Keyword inputs like a Hugging Face model: token ids and a mask, 3-D Linear inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 32)
+        self.ff = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.ff(self.embed(input_ids))
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+def test_dynamic_int8_export_runs_integer_matmuls_and_matches_simulation(tmp_path):
+    from finequant.runtime.onnx_dynamic import export_dynamic
+
+    torch.manual_seed(0)
+    net = _TinyEncoder().eval()
+    qm = quantize(net, QuantConfig(method="dynamic"))
+    ids = torch.randint(0, 100, (8, 12))
+    mask = torch.ones_like(ids)
+    mask[:, 9:] = 0
+    # dict order differs from the forward signature on purpose (tokenizers do this)
+    _, done = export_dynamic(qm, {"attention_mask": mask[:2, :5], "input_ids": ids[:2, :5]}, tmp_path / "m.onnx")
+    assert done["ff.0"] == done["ff.2"] == "int8 dynamic (MatMulInteger)"
+    assert done["embed"].startswith("float in ONNX")
+    ops = optimized_ops(tmp_path / "m.onnx", tmp_path)
+    assert any("Integer" in k or k == "DynamicQuantizeMatMul" for k in ops), ops
+    sess = session(tmp_path / "m.onnx")
+    got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]  # other batch and length
+    with torch.no_grad():
+        want = qm.model(input_ids=ids, attention_mask=mask).numpy()
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() > 0.999

@@ -1,0 +1,103 @@
+"""Export a dynamically quantized model (transformers, MLPs) to ONNX with integer MatMuls.
+
+Each quantized Linear's ``MatMul`` becomes ``DynamicQuantizeLinear`` (uint8 activations, range
+measured per batch at run time, as in finequant's ``dynamic`` method) -> ``MatMulInteger`` with
+finequant's own int8 per-channel weight codes -> scale by ``x_scale * w_scale``. ONNX Runtime fuses
+this into its ``DynamicQuantizeMatMul`` kernel. Text models take ``input_ids``/``attention_mask``
+with dynamic batch and sequence axes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from finequant.errors import FinequantError
+from finequant.io import atomic_write_bytes
+from finequant.quant.api import QuantizedModel
+from finequant.runtime.onnx_qdq import OPSET, _Graph, _topological_sort, float_copy
+
+
+def export_text_float(model: torch.nn.Module, example: dict[str, torch.Tensor],
+                      path: str | Path | None = None) -> onnx.ModelProto:
+    """fp32 ONNX of a model called with keyword tensors (``input_ids``, ``attention_mask``, ...)."""
+    # ONNX input names follow the forward signature's order, not the dict's (tokenizers put
+    # token_type_ids before attention_mask; naming them in dict order would swap the two).
+    names = [p for p in inspect.signature(model.forward).parameters if p in example]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (), buf, kwargs={n: example[n] for n in names}, input_names=names, output_names=["logits"],
+                              opset_version=OPSET, dynamo=False,
+                              dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}})
+    except Exception as e:  # the exporter raises many types for unsupported ops
+        raise FinequantError(f"ONNX export failed ({type(e).__name__}: {str(e)[:300]})") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString())
+    return proto
+
+
+def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.Tensor,
+                   path: str | Path | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Integer-MatMul ONNX of a ``dynamic``-method model; returns the proto and each layer's fate."""
+    from finequant.runtime.onnx_qdq import export_float
+
+    net = float_copy(qm.model)
+    proto = (export_text_float(net, example) if isinstance(example, dict) else export_float(net, example))
+    g = _Graph(proto)
+    # The exporter renames and transposes Linear weights: find each by value (W^T of the dequantized weight).
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, init in g.inits.items():
+        by_shape.setdefault(tuple(init.dims), []).append(name)
+    done: dict[str, str] = {}
+    for name, layer in qm.quant_layers().items():
+        spec = layer.weight_spec
+        if layer.act_mode != "dynamic" or spec.scheme != "affine" or spec.bits > 8 or \
+                not isinstance(layer.layer, torch.nn.Linear):
+            done[name] = f"float in ONNX: {spec.scheme}{spec.bits}/{layer.act_mode} has no integer MatMul form here"
+            continue
+        wt = layer.quantized_weight().detach().numpy().T
+        init = next((n for n in by_shape.get(wt.shape, []) if n in g.inits
+                     if np.array_equal(numpy_helper.to_array(g.inits[n]), wt)), None)
+        node = next((n for n in g.graph.node if n.op_type == "MatMul" and init is not None and n.input[1] == init),
+                    None)
+        if node is None:
+            done[name] = "float in ONNX: its weight is not a MatMul initializer after export"
+            continue
+        _rewrite(g, node, layer, name)
+        done[name] = "int8 dynamic (MatMulInteger)"
+    _topological_sort(g.graph)
+    onnx.checker.check_model(proto)
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString())
+    return proto, done
+
+
+def _rewrite(g: _Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    codes = layer.weight_codes().numpy().astype(np.int8).T  # (in, out)
+    scale = layer.weight_scale.detach().flatten().numpy().astype(np.float32)
+    if scale.size == 1:
+        scale = np.full(codes.shape[1], scale[0], dtype=np.float32)
+    p = name.replace(".", "_")
+    wq = g.add_init(f"{p}_weight_int8", np.ascontiguousarray(codes))
+    wz = g.add_init(f"{p}_weight_zero_point", np.zeros(codes.shape[1], dtype=np.int8))
+    ws = g.add_init(f"{p}_weight_scale", scale)
+    new = [helper.make_node("DynamicQuantizeLinear", [x], [f"{p}_xq", f"{p}_xs", f"{p}_xz"], name=f"{p}_DQL"),
+           helper.make_node("MatMulInteger", [f"{p}_xq", wq, f"{p}_xz", wz], [f"{p}_acc"], name=f"{p}_MMI"),
+           helper.make_node("Cast", [f"{p}_acc"], [f"{p}_accf"], name=f"{p}_Cast", to=onnx.TensorProto.FLOAT),
+           helper.make_node("Mul", [f"{p}_xs", ws], [f"{p}_scale"], name=f"{p}_ScaleMul"),
+           helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [y], name=f"{p}_Rescale")]
+    g.graph.node.remove(node)
+    g.graph.node.extend(new)
+    g.drop_init(w)
