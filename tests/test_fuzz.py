@@ -71,3 +71,27 @@ def test_quant_configs_work_or_raise_finequant_errors(config):
         QuantConfig.from_dict(config)
     except FinequantError:
         pass
+
+
+yaml_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 9), text),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(text, inner, max_size=3)), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.one_of(yaml_values, st.dictionaries(
+    st.sampled_from(["out", "finetune", "quantize", "tune", "export", "bench", "report", "typo"]),
+    st.one_of(yaml_values, st.dictionaries(st.sampled_from(["model", "data", "config", "int8", "max_drop",
+                                                            "format", "batch", "method"]), yaml_values,
+                                           max_size=3)), max_size=5)))
+def test_pipeline_yaml_works_or_raises_finequant_errors(tmp_path, doc):
+    import yaml
+
+    from finequant.cli.pipeline import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        load_pipeline(path)
+    except FinequantError:
+        pass
