@@ -62,6 +62,9 @@ def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.
     done: dict[str, str] = {}
     for name, layer in qm.quant_layers().items():
         spec = layer.weight_spec
+        if isinstance(layer.layer, torch.nn.Embedding) and spec.scheme == "affine" and spec.bits <= 8:
+            done[name] = _embedding(g, layer, name, by_shape)
+            continue
         if layer.act_mode != "dynamic" or spec.scheme != "affine" or spec.bits > 8 or \
                 not isinstance(layer.layer, torch.nn.Linear):
             done[name] = f"float in ONNX: {spec.scheme}{spec.bits}/{layer.act_mode} has no integer MatMul form here"
@@ -81,6 +84,32 @@ def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.
     if path is not None:
         atomic_write_bytes(path, proto.SerializeToString())
     return proto, done
+
+
+def _embedding(g: _Graph, layer: Any, name: str, by_shape: dict[tuple[int, ...], list[str]]) -> str:
+    """Store an int8 embedding table as int8 codes + per-row scales, gathered first and dequantized
+    after the Gather (only the looked-up rows are converted, not the whole table per run)."""
+    w = layer.quantized_weight().detach().numpy()
+    init = next((n for n in by_shape.get(w.shape, []) if n in g.inits
+                 and np.array_equal(numpy_helper.to_array(g.inits[n]), w)), None)
+    gathers = [n for n in g.graph.node if n.op_type == "Gather" and init is not None and n.input[0] == init]
+    if not gathers:
+        return "float in ONNX: its table is not a Gather initializer after export"
+    p = name.replace(".", "_")
+    codes = g.add_init(f"{p}_int8", layer.weight_codes().numpy().astype(np.int8))
+    scale = g.add_init(f"{p}_scale", layer.weight_scale.detach().flatten().numpy().astype(np.float32))
+    last = g.add_init(f"{p}_last_axis", np.array([-1], dtype=np.int64))
+    for k, node in enumerate(gathers):
+        ids, out, q = node.input[1], node.output[0], f"{p}_{k}"
+        g.graph.node.remove(node)
+        g.graph.node.extend([
+            helper.make_node("Gather", [codes, ids], [f"{q}_codes"], name=f"{q}_GatherCodes"),
+            helper.make_node("Gather", [scale, ids], [f"{q}_rowscale"], name=f"{q}_GatherScale"),
+            helper.make_node("Unsqueeze", [f"{q}_rowscale", last], [f"{q}_rowscale2"], name=f"{q}_Unsqueeze"),
+            helper.make_node("Cast", [f"{q}_codes"], [f"{q}_codesf"], name=f"{q}_Cast", to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{q}_codesf", f"{q}_rowscale2"], [out], name=f"{q}_Dequantize")])
+    g.drop_init(init)
+    return "int8 table, rows dequantized after Gather"
 
 
 def _rewrite(g: _Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
