@@ -77,7 +77,11 @@ def imagefolder(path: str, *, strict: bool = False, **_: str) -> LabeledData:
         raise DataError(f"imagefolder:{path}: no class sub-folders; expected {path}/CLASS_NAME/*.png")
     paths, labels, empty = [], [], []
     for c, d in enumerate(class_dirs):
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        try:
+            files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        except OSError as e:
+            raise DataError(f"imagefolder:{path}: cannot read class folder {d} ({e}); point the spec at a folder "
+                            "of class sub-folders you can read") from e
         if not files:
             empty.append(d.name)
         paths += files

@@ -207,7 +207,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     splits = data if isinstance(data, Splits) else stratified_split(data, seed=cfg.seed)
     classes = splits.train.classes
     loaded.set_num_classes(len(classes), classes)
-    native_size = loaded.preprocess.input_size
+    native_size = loaded.preprocess.input_size if loaded.preprocess else 0
     if loaded.task == "image" and cfg.image_size:
         loaded.preprocess = loaded.preprocess.with_size(cfg.image_size)
     if cfg.batch_size % info.world_size:
