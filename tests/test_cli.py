@@ -114,3 +114,25 @@ def test_tune_searches_within_the_budget_and_resumes_from_cached_trials(tmp_path
     again = runner.invoke(app, args)  # a rerun evaluates nothing: every trial comes from the cache
     assert again.exit_code == 0 and again.output.count("(cached)") == len(trials)
     assert json.loads((out / "summary.json").read_text())["metrics"]["chosen"] == s["chosen"]
+
+
+def test_text_models_run_on_onnxruntime_with_integer_matmuls(tmp_path):
+    """eval, bench and export take a dynamic-int8 MiniLM to ONNX Runtime's integer kernels."""
+    run, q = tmp_path / "run", tmp_path / "q"
+    assert runner.invoke(app, ["finetune", "--model", "minilm", "--data", "rotten_tomatoes", "--strategy",
+                               "last-layer", "--epochs", "8", "--lr", "0.01", "--max-samples", "500",
+                               "--out", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["quantize", str(run), "--method", "dynamic", "--out", str(q)]).exit_code == 0
+    simulated = json.loads((q / "summary.json").read_text())["metrics"]["quantized"]["accuracy"]
+    result = runner.invoke(app, ["eval", str(q), "--backend", "onnxruntime", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    on_ort = json.loads((tmp_path / "e" / "summary.json").read_text())["metrics"]["accuracy"]
+    assert abs(on_ort - simulated) <= 0.05
+    result = runner.invoke(app, ["bench", str(run), str(q), "--backend", "onnxruntime", "--batch", "1",
+                                 "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b" / "summary.json").read_text())["metrics"]["rows"]
+    fp32, int8 = rows
+    assert int8["file_bytes"] < 0.3 * fp32["file_bytes"]
+    result = runner.invoke(app, ["export", str(q), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0 and "cosine" in result.output, result.output

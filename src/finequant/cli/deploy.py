@@ -14,7 +14,8 @@ from rich.table import Table
 from finequant.cli.runs import run_config, run_data
 from finequant.data import make_loader
 from finequant.errors import ConfigError, FinequantError
-from finequant.runtime.backends import BACKENDS, Saved, example_input, open_runner
+from finequant.models.base import forward
+from finequant.runtime.backends import BACKENDS, Saved, example_input, export_onnx, open_runner, to_numpy
 from finequant.runtime.bench import measure
 from finequant.summary import write_summary
 from finequant.train.metrics import confusion, metrics_from_confusion
@@ -28,12 +29,10 @@ def evaluate_runner(path: Path, backend: str, data: str | None, threads: int | N
     loaded = runner.info["loaded"]
     rd = run_data(str(path), loaded, run_config(path), data)
     splits, spec = rd.splits, rd.spec
-    if loaded.task != "image":
-        raise ConfigError("eval on runtime backends covers image models; evaluate text models with `quantize`")
     n = len(splits.train.classes)
     cm = torch.zeros(n, n, dtype=torch.long)
     for x, y in make_loader(splits.test, loaded, batch_size=batch_size):
-        cm += confusion(torch.from_numpy(runner.predict(x.numpy())).argmax(1), y, n)
+        cm += confusion(torch.from_numpy(runner.predict(to_numpy(x))).argmax(1), y, n)
     return {"data": spec, "backend": backend, "samples": int(cm.sum()), **metrics_from_confusion(cm)}
 
 
@@ -63,7 +62,7 @@ def bench_paths(paths: list[Path], backends: list[str], batches: list[int], thre
                 rows.append({"model": str(path), "backend": backend, "skipped": str(e)})
                 continue
             for b in batches:
-                x = example_input(runner.info["loaded"], b).numpy()
+                x = to_numpy(example_input(runner.info["loaded"], b))
                 rows.append({"model": str(path), "backend": backend, "file_bytes": runner.file_bytes,
                              **measure(runner, x)})
     return rows
@@ -110,17 +109,15 @@ def export_command(
     saved = Saved.open(path)
     x = saved.example(4)
     with torch.no_grad():
-        reference = saved.loaded.model(x).numpy()
+        reference = forward(saved.loaded.model, x).numpy()
     if format == "onnx":
-        from finequant.runtime.onnx_qdq import export_float, export_qdq
         from finequant.runtime.ort import run, session
 
-        if saved.quantized:
-            export_qdq(saved.quantized_model(), x[:1], out)
-        else:
-            export_float(saved.loaded.model, x[:1], out)
-        got = run(session(out), x.numpy())
+        export_onnx(saved, out)
+        got = run(session(out), to_numpy(x))
     elif format == "pt2":
+        if isinstance(x, dict):
+            raise ConfigError("--format pt2 covers image models; export text models with --format onnx")
         ep = torch.export.export(saved.loaded.model.eval(), (x,))
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(ep, out)

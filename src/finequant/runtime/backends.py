@@ -2,8 +2,9 @@
 
 ``torch`` runs the float model eagerly (fp32, or fp16/bf16 weights for a cast-quantized model);
 ``torch-sim`` runs finequant's fake-quant simulation (the accuracy reference); ``onnxruntime``
-exports to ONNX (QDQ int8 for a static-quantized model, else fp32) and runs integer kernels;
-``openvino`` (optional extra) compiles the same ONNX for the CPU.
+exports to ONNX (QDQ int8 for a static-quantized model, integer MatMuls for a dynamic one, else
+fp32) and runs integer kernels; ``openvino`` (optional extra) compiles the same ONNX for the CPU.
+Batches are numpy arrays (images) or dicts of named int arrays (text: the tokenizer's output).
 """
 
 from __future__ import annotations
@@ -24,9 +25,23 @@ from finequant.quant.api import QuantizedModel
 from finequant.quant.artifact import QUANT_CONFIG, load_quantized
 from finequant.quant.config import QuantConfig
 from finequant.registry import Registry
+from finequant.runtime.onnx_dynamic import export_dynamic, export_text_float
 from finequant.runtime.onnx_qdq import export_float, export_qdq, float_copy
 from finequant.runtime.ort import run as ort_run
 from finequant.runtime.ort import session as ort_session
+
+
+Batch = np.ndarray | dict[str, np.ndarray]
+SAMPLE_TEXT = ("an engaging , funny and touching film , although its second half drags and the ending "
+               "feels rushed , the cast carries it .")
+
+
+def to_numpy(x: torch.Tensor | dict[str, torch.Tensor]) -> Batch:
+    return {k: v.numpy() for k, v in x.items()} if isinstance(x, dict) else x.numpy()
+
+
+def batch_size(x: Batch) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else x.shape[0]
 
 
 @dataclass
@@ -34,7 +49,7 @@ class Runner:
     """A ready model: ``predict(batch) -> logits``, plus the file it runs from and its size."""
 
     backend: str
-    predict: Callable[[np.ndarray], np.ndarray]
+    predict: Callable[[Batch], np.ndarray]
     model_file: Path | None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -64,7 +79,7 @@ class Saved:
         raise ModelError(f"{path} holds no finequant model (model.json or {QUANT_CONFIG}); pass a run, model or "
                          "quantize output folder")
 
-    def example(self, batch: int = 1) -> torch.Tensor:
+    def example(self, batch: int = 1) -> torch.Tensor | dict[str, torch.Tensor]:
         return example_input(self.loaded, batch)
 
     def quantized_model(self) -> QuantizedModel:
@@ -72,10 +87,11 @@ class Saved:
         return QuantizedModel(self.loaded.model, cfg)
 
 
-def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor:
-    """A seeded random image batch of the model's input size (export tracing, benchmarks)."""
-    if loaded.task != "image":
-        raise FinequantError("this backend path handles image models; text models run on 'torch'/'torch-sim'")
+def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor | dict[str, torch.Tensor]:
+    """A seeded random image batch of the model's input size, or a tokenized batch of a typical
+    review-length sentence for text models (export tracing, benchmarks)."""
+    if loaded.task == "text":
+        return dict(loaded.tokenizer([SAMPLE_TEXT] * batch, return_tensors="pt"))
     s = loaded.preprocess.input_size
     return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
 
@@ -90,8 +106,10 @@ def _torch_runner(name: str, model: torch.nn.Module, file: Path | None, threads:
         torch.set_num_threads(threads)
     model.eval()
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def predict(x: Batch) -> np.ndarray:
         with torch.inference_mode():
+            if isinstance(x, dict):
+                return model(**{k: torch.from_numpy(v) for k, v in x.items()}).float().numpy()
             return model(torch.from_numpy(x).to(dtype)).float().numpy()
 
     return Runner(name, predict, file)
@@ -119,16 +137,27 @@ def torch_eager(saved: Saved, workdir: Path, threads: int | None) -> Runner:
 @BACKENDS.register("onnxruntime", "ONNX Runtime CPU: QDQ int8 (QLinearConv...) or fp32")
 def onnxruntime(saved: Saved, workdir: Path, threads: int | None) -> Runner:
     path = workdir / ("model.int8.onnx" if saved.quantized else "model.fp32.onnx")
-    if saved.quantized:
-        qm = saved.quantized_model()
-        if qm.config.method not in ("static", "qat"):
-            raise FinequantError(f"onnxruntime runs static or QAT int8 models; '{qm.config.method}' models run on "
-                                 "'torch' (fp16/bf16) or 'torch-sim'")
-        export_qdq(qm, saved.example(), path)
-    else:
-        export_float(saved.loaded.model, saved.example(), path)
+    export_onnx(saved, path)
     sess = ort_session(path, threads=threads)
     return Runner("onnxruntime", lambda x: ort_run(sess, x), path)
+
+
+def export_onnx(saved: Saved, path: Path) -> dict[str, str]:
+    """The ONNX file a backend runs: QDQ int8 (static/QAT), integer MatMuls (dynamic) or fp32."""
+    example = saved.example()
+    if not saved.quantized:
+        if isinstance(example, dict):
+            export_text_float(saved.loaded.model, example, path)
+        else:
+            export_float(saved.loaded.model, example, path)
+        return {}
+    qm = saved.quantized_model()
+    if qm.config.method in ("static", "qat") and not isinstance(example, dict):
+        return export_qdq(qm, example, path)[1]
+    if qm.config.method == "dynamic":
+        return export_dynamic(qm, example, path)[1]
+    raise FinequantError(f"onnxruntime runs static/QAT int8 image models and dynamic int8 models; "
+                         f"'{qm.config.method}' models run on 'torch' (fp16/bf16) or 'torch-sim'")
 
 
 @BACKENDS.register("openvino", "OpenVINO CPU plugin reading the same ONNX (pip install 'finequant[openvino]')")

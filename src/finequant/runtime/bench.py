@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from finequant.runtime.backends import Runner
+from finequant.runtime.backends import Batch, Runner, batch_size
 
 
 def _status_kb(field: str) -> int:
@@ -26,7 +26,7 @@ def reset_peak_rss() -> None:
         pass
 
 
-def measure(runner: Runner, example: np.ndarray, *, warmup: int = 5, repeats: int = 30,
+def measure(runner: Runner, example: Batch, *, warmup: int = 5, repeats: int = 30,
             min_seconds: float = 1.0) -> dict[str, Any]:
     """p50/p90 latency (ms), throughput (samples/s) and peak RSS (MB) for one batch shape."""
     rss_before = _status_kb("VmRSS")
@@ -41,7 +41,7 @@ def measure(runner: Runner, example: np.ndarray, *, warmup: int = 5, repeats: in
         times.append(time.perf_counter() - t0)
         if len(times) >= 10 * repeats:
             break
-    return {**_stats(times, example.shape[0]), "peak_rss_mb": _status_kb("VmHWM") / 1024,
+    return {**_stats(times, batch_size(example)), "peak_rss_mb": _status_kb("VmHWM") / 1024,
             "rss_growth_mb": (_status_kb("VmRSS") - rss_before) / 1024}
 
 
@@ -52,7 +52,7 @@ def _stats(times: list[float], batch: int) -> dict[str, Any]:
             "runs": len(times)}
 
 
-def measure_side_by_side(runners: dict[str, Runner], example: np.ndarray, *, warmup: int = 3,
+def measure_side_by_side(runners: dict[str, Runner], example: Batch, *, warmup: int = 3,
                          rounds: int = 30, cycles: int = 5) -> dict[str, dict[str, Any]]:
     """Latency of several runners timed in alternating blocks (A×n, B×n, C×n, A×n, ...; ``cycles``
     blocks each, ``rounds`` timed runs in all), each block after ``warmup`` untimed runs, so that
@@ -67,4 +67,4 @@ def measure_side_by_side(runners: dict[str, Runner], example: np.ndarray, *, war
                 t0 = time.perf_counter()
                 runner.predict(example)
                 times[name].append(time.perf_counter() - t0)
-    return {name: _stats(t, example.shape[0]) for name, t in times.items()}
+    return {name: _stats(t, batch_size(example)) for name, t in times.items()}

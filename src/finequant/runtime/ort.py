@@ -35,7 +35,10 @@ def session(model: str | Path | bytes, threads: int | None = None, optimized_pat
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+def run(sess: ort.InferenceSession, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """Logits for an image batch (one float input) or a text batch (its tokenizer's named int arrays)."""
+    if isinstance(x, dict):
+        return sess.run(None, {i.name: x[i.name] for i in sess.get_inputs()})[0]
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
