@@ -18,7 +18,8 @@ body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding
 h1{font-size:1.7em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ddd;padding:.3em .6em}
 th{background:#f4f6f8;text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;border:1px solid #eee;margin:.4em 0} .grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+figure{display:inline-block;width:48%;margin:0 1% 1em 0;vertical-align:top}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em} .muted{color:#777}
 """
 
@@ -50,20 +51,21 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def tradeoff_plot(variants: list[Variant], attr: str, label: str, scale: float = 1.0) -> bytes | None:
+def tradeoff_plot(variants: list[Variant], attr: str, label: str, scale: float = 1.0,
+                  title: str = "") -> bytes | None:
     pts = [(getattr(v, attr) * scale, 100 * v.accuracy, v.name) for v in variants
            if getattr(v, attr) is not None and v.accuracy is not None]
     if not pts:
         return None
     plt, (fig, ax) = _figure()
-    for x, y, name in pts:
+    for k, (x, y, name) in enumerate(sorted(pts)):
         ax.scatter(x, y, s=40)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 if k % 2 else -10), fontsize=7)
     front = _pareto([(x, y) for x, y, _ in pts])
     ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", lw=1, label="Pareto front")
     ax.set_xlabel(label)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"accuracy vs {label.split(' (')[0]}")
+    ax.set_title(f"accuracy vs {label.split(' (')[0]}" + (f" -- {title}" if title else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig, plt)
@@ -150,10 +152,15 @@ def write_report(paths: list[str | Path], out: str | Path) -> dict[str, Any]:
     assets = out.parent / "report-assets"
     images: list[tuple[str, str, bytes]] = []  # (section, caption, png)
     variants = sorted(c.variants.values(), key=lambda v: (v.kind != "float", v.name))
-    for attr, label, scale in (("latency_ms", "latency, batch 1 (ms)", 1.0), ("size_bytes", "size (MB)", 1e-6)):
-        png = tradeoff_plot(variants, attr, label, scale)
-        if png:
-            images.append(("Trade-offs", f"accuracy vs {label}", png))
+    groups: dict[str, list[Variant]] = {}
+    for v in variants:  # one pair of plots per data set: accuracies of different tasks do not compare
+        groups.setdefault(str(v.config.get("data") or "models"), []).append(v)
+    for group, members in groups.items():
+        for attr, label, scale in (("latency_ms", "latency, batch 1 (ms)", 1.0), ("size_bytes", "size (MB)", 1e-6)):
+            png = tradeoff_plot(members, attr, label, scale, title=group if len(groups) > 1 else "")
+            if png:
+                images.append(("Trade-offs", f"accuracy vs {label}" + (f" ({group})" if len(groups) > 1 else ""),
+                               png))
     for name, s in c.finetunes.items():
         if s.get("history"):
             images.append((f"Fine-tuning: {name}", "training curves", curves_plot(s["history"])))
