@@ -3,7 +3,8 @@
 Contenders, one process, same fine-tuned model: fp32 eager PyTorch; ONNX Runtime fp32; finequant
 ``dynamic`` int8 exported with our own per-channel weight codes (DynamicQuantizeLinear ->
 MatMulInteger, fused by ORT); ORT's own ``quantize_dynamic`` (per-channel int8 weights) on the same
-fp32 ONNX. Reports test accuracy, top-1 agreement and logit cosine against fp32 and against
+fp32 ONNX; the same int8 codes on PyTorch's own (deprecated torch.ao) dynamic int8 Linear kernel.
+Reports test accuracy, top-1 agreement and logit cosine against fp32 and against
 finequant's simulation, latency at batch 1 and 16 (p50, alternating blocks) and file size.
 Writes benchmarks/results/runtime_text.json and docs/benchmarks_text.md.
 Run: ``.venv/bin/python benchmarks/runtime_text.py --run runs/transfer/text/last-layer``.
@@ -28,6 +29,7 @@ from finequant.quant import QuantConfig, quantize
 from finequant.runtime.backends import Runner
 from finequant.runtime.bench import measure_side_by_side
 from finequant.runtime.onnx_dynamic import export_dynamic, export_text_float
+from finequant.runtime.torch_int8 import dynamic_int8_model
 from finequant.runtime.ort import optimized_ops
 
 
@@ -84,12 +86,22 @@ def main() -> None:
                       "agreement_vs_fp32": agree, "cosine_vs_fp32": cos, "agreement_vs_sim": agree_sim,
                       "cosine_vs_sim": cos_sim, "file_bytes": (tmp / _file(name)).stat().st_size}
     rows["fp32 eager PyTorch"] = {"test_accuracy": float((np.concatenate(ref).argmax(1) == labels).mean())}
+    torch_int8, _ = dynamic_int8_model(qm.model)
+    with torch.no_grad():
+        outs = [torch_int8(**x).numpy() for x, _ in test]
+    agree, cos = stats(outs, ref)
+    agree_sim, cos_sim = stats(outs, sim)
+    rows["finequant dynamic int8 (PyTorch kernels)"] = {
+        "test_accuracy": float((np.concatenate(outs).argmax(1) == labels).mean()), "agreement_vs_fp32": agree,
+        "cosine_vs_fp32": cos, "agreement_vs_sim": agree_sim, "cosine_vs_sim": cos_sim}
     rows["finequant dynamic int8 (torch-sim)"] = {"test_accuracy": float((np.concatenate(sim).argmax(1) == labels).mean())}
     int_ops = {k: v for k, v in optimized_ops(tmp / "finequant.int8.onnx", tmp).items()
                if "Integer" in k or "Quant" in k}
     for batch in (1, 16):
         x = {k: v[:batch] for k, v in test[1][0].items()}
-        runners = {"fp32 eager PyTorch": Runner("torch", lambda _, x=x: _torch(loaded.model, x), None)}
+        runners = {"fp32 eager PyTorch": Runner("torch", lambda _, x=x: _torch(loaded.model, x), None),
+                   "finequant dynamic int8 (PyTorch kernels)": Runner("torch", lambda _, x=x: _torch(torch_int8, x),
+                                                                      None)}
         for name, sess in sessions.items():
             runners[name] = Runner(name, lambda _, s=sess, x=x: s.run(None, _feed(s, x))[0], None)
         timed = measure_side_by_side(runners, np.zeros(batch), rounds=40)

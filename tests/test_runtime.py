@@ -106,3 +106,19 @@ def test_dynamic_int8_export_runs_integer_matmuls_and_matches_simulation(tmp_pat
         want = qm.model(input_ids=ids, attention_mask=mask).numpy()
     cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cos.min() > 0.999
+
+
+def test_torch_backend_runs_dynamic_int8_linears_on_pytorch_kernels():
+    from finequant.runtime.torch_int8 import DynamicInt8Linear, dynamic_int8_model
+
+    torch.manual_seed(0)
+    net = _TinyEncoder().eval()
+    qm = quantize(net, QuantConfig(method="dynamic"))
+    model, done = dynamic_int8_model(qm.model)
+    assert isinstance(model.ff[0], DynamicInt8Linear) and done["embed"] == "float with dequantized weight"
+    ids = torch.randint(0, 100, (8, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        got, want = model(ids, mask), qm.model(ids, mask)
+    cos = torch.nn.functional.cosine_similarity(got, want)
+    assert cos.min() > 0.99

@@ -121,14 +121,21 @@ def torch_sim(saved: Saved, workdir: Path, threads: int | None) -> Runner:
     return _torch_runner("torch-sim", saved.loaded.model, file, threads)
 
 
-@BACKENDS.register("torch", "eager PyTorch: fp32, or real fp16/bf16 weights for a cast-quantized model")
+@BACKENDS.register("torch", "eager PyTorch: fp32, real fp16/bf16 weights, or dynamic int8 Linear kernels")
 def torch_eager(saved: Saved, workdir: Path, threads: int | None) -> Runner:
     if not saved.quantized:
         return _torch_runner("torch", saved.loaded.model, saved.path / "model.safetensors", threads)
     method = saved.quantized_model().config.method
+    if method == "dynamic":
+        from finequant.runtime.torch_int8 import dynamic_int8_model
+
+        model, done = dynamic_int8_model(saved.loaded.model)
+        runner = _torch_runner("torch", model, saved.path / "quant.safetensors", threads)
+        runner.info["layers"] = done
+        return runner
     if method not in ("fp16", "bf16"):
-        raise FinequantError(f"the torch backend runs float, fp16 and bf16 models; a '{method}' model runs on "
-                             "'onnxruntime' (int8) or 'torch-sim'")
+        raise FinequantError(f"the torch backend runs float, fp16/bf16 and dynamic int8 models; a '{method}' "
+                             "model runs on 'onnxruntime' (int8) or 'torch-sim'")
     dtype = torch.float16 if method == "fp16" else torch.bfloat16
     return _torch_runner("torch", float_copy(saved.loaded.model).to(dtype), saved.path / "quant.safetensors",
                          threads, dtype)
