@@ -101,8 +101,9 @@ def test_tune_searches_within_the_budget_and_resumes_from_cached_trials(tmp_path
     assert result.exit_code == 0, result.output
     s = json.loads((out / "summary.json").read_text())["metrics"]
     assert (out / "sensitivity.png").stat().st_size > 1000
-    n_layers = len(s["leave_one_out"])
+    n_layers = len(s["leave_one_out"]) // 2  # all-but-one at 4 and at 8 bits
     assert len(s["sensitivity"]) == 2 * n_layers
+    assert {r["bits"] for r in s["leave_one_out"]} == {4, 8}
     trials = s["trials"]
     assert 1 <= len(trials) <= 4 and trials[0]["name"].startswith("mixed 4/8-bit")
     # stops at the first trial within the budget; all earlier ones missed it

@@ -121,7 +121,8 @@ def tune_command(
         sensitivity()
     if leave_one_out_:
         result["leave_one_out"] = _cached(out / f"leave-one-out-{key}.json",
-                                          lambda: leave_one_out(loaded.model, base, calib_batches, val))
+                                          lambda: leave_one_out(loaded.model, base, calib_batches, val,
+                                                                bits=_bits(bits)))
     if not sensitivity_only:
         float_acc = compare_models(loaded.model, loaded.model, val, n_classes)["float"]["accuracy"]
         allowed_pt = max_drop * float_acc if relative else max_drop

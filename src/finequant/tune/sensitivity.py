@@ -59,9 +59,10 @@ def layer_sensitivity(model: nn.Module, base: QuantConfig, calib: list[Any], val
 
 @torch.no_grad()
 def leave_one_out(model: nn.Module, base: QuantConfig, calib: list[Any], val: list[tuple[Any, torch.Tensor]],
-                  layers: list[str] | None = None) -> list[dict[str, Any]]:
-    """Per layer: validation accuracy with every layer quantized but that one (kept float), and the
-    points it recovers over quantizing all layers; catches layers that only hurt in combination."""
+                  bits: tuple[int, ...] = (8,), layers: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per layer and weight bit width: validation accuracy with every layer quantized but that one
+    (kept float), and the points it recovers over quantizing all layers; catches layers that only
+    hurt in combination."""
     labels = torch.cat([y for _, y in val])
 
     def accuracy(cfg: QuantConfig) -> float:
@@ -69,9 +70,12 @@ def leave_one_out(model: nn.Module, base: QuantConfig, calib: list[Any], val: li
         calibrate(qm, calib)
         return float((torch.cat([forward(qm.model, x) for x, _ in val]).argmax(1) == labels).float().mean())
 
-    all_quantized = accuracy(base)
     rows = []
-    for name in layers or quantizable_layers(model):
-        acc = accuracy(replace(base, skip=["^" + re.escape(name) + "$"], overrides={}))
-        rows.append({"layer": name, "accuracy_all_but_this": acc, "recovered_pt": 100 * (acc - all_quantized)})
+    for b in bits:
+        at_b = replace(base, weight_bits=b, overrides={})
+        all_quantized = accuracy(at_b)
+        for name in layers or quantizable_layers(model):
+            acc = accuracy(replace(at_b, skip=["^" + re.escape(name) + "$"]))
+            rows.append({"layer": name, "bits": b, "accuracy_all_but_this": acc,
+                         "recovered_pt": 100 * (acc - all_quantized)})
     return rows
