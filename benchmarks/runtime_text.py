@@ -20,27 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from finequant.cli.runs import resolve_model, run_data
 from finequant.data import make_loader
 from finequant.quant import QuantConfig, quantize
-from finequant.runtime.backends import Runner
+from finequant.runtime.backends import Runner, to_numpy
 from finequant.runtime.bench import measure_side_by_side
-from finequant.runtime.onnx_dynamic import export_dynamic, export_text_float
+from finequant.runtime.onnx_dynamic import export_dynamic
+from finequant.runtime.onnx_qdq import export_float
 from finequant.runtime.torch_int8 import dynamic_int8_model
-from finequant.runtime.ort import optimized_ops
+from finequant.runtime.ort import optimized_ops, run, session
 
 
-def _ort(path: Path) -> Any:
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _feed(sess: Any, x: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {i.name: x[i.name].numpy() for i in sess.get_inputs()}
+ONNX_FILES = {"ORT fp32": "fp32.onnx", "finequant dynamic int8 (ORT)": "finequant.int8.onnx",
+              "ORT quantize_dynamic": "ort.int8.onnx"}
 
 
 def main() -> None:
@@ -55,7 +49,7 @@ def main() -> None:
     test = list(make_loader(splits.test, loaded, batch_size=50))
     tmp = Path(tempfile.mkdtemp(prefix="text-bench-"))
     example = {k: v[:2] for k, v in test[0][0].items()}
-    export_text_float(loaded.model, example, tmp / "fp32.onnx")
+    export_float(loaded.model, example, tmp / "fp32.onnx")
     qm = quantize(loaded, QuantConfig(method="dynamic"))
     _, done = export_dynamic(qm, example, tmp / "finequant.int8.onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -63,9 +57,7 @@ def main() -> None:
     t0 = time.perf_counter()
     quantize_dynamic(tmp / "fp32.onnx", tmp / "ort.int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
     ort_q_s = time.perf_counter() - t0
-    sessions = {name: _ort(tmp / f) for name, f in (("ORT fp32", "fp32.onnx"), ("finequant dynamic int8 (ORT)",
-                                                                                 "finequant.int8.onnx"),
-                                                    ("ORT quantize_dynamic", "ort.int8.onnx"))}
+    sessions = {name: session(tmp / f, spin=False) for name, f in ONNX_FILES.items()}
     loaded.model.eval()
     with torch.no_grad():
         ref = [loaded.model(**x).numpy() for x, _ in test]
@@ -79,12 +71,12 @@ def main() -> None:
         return float((a.argmax(1) == b.argmax(1)).mean()), cos
 
     for name, sess in sessions.items():
-        outs = [sess.run(None, _feed(sess, x))[0] for x, _ in test]
+        outs = [run(sess, to_numpy(x)) for x, _ in test]
         agree, cos = stats(outs, ref)
         agree_sim, cos_sim = stats(outs, sim)
         rows[name] = {"test_accuracy": float((np.concatenate(outs).argmax(1) == labels).mean()),
                       "agreement_vs_fp32": agree, "cosine_vs_fp32": cos, "agreement_vs_sim": agree_sim,
-                      "cosine_vs_sim": cos_sim, "file_bytes": (tmp / _file(name)).stat().st_size}
+                      "cosine_vs_sim": cos_sim, "file_bytes": (tmp / ONNX_FILES[name]).stat().st_size}
     rows["fp32 eager PyTorch"] = {"test_accuracy": float((np.concatenate(ref).argmax(1) == labels).mean())}
     torch_int8, _ = dynamic_int8_model(qm.model)
     with torch.no_grad():
@@ -94,7 +86,8 @@ def main() -> None:
     rows["finequant dynamic int8 (PyTorch kernels)"] = {
         "test_accuracy": float((np.concatenate(outs).argmax(1) == labels).mean()), "agreement_vs_fp32": agree,
         "cosine_vs_fp32": cos, "agreement_vs_sim": agree_sim, "cosine_vs_sim": cos_sim}
-    rows["finequant dynamic int8 (torch-sim)"] = {"test_accuracy": float((np.concatenate(sim).argmax(1) == labels).mean())}
+    rows["finequant dynamic int8 (torch-sim)"] = {
+        "test_accuracy": float((np.concatenate(sim).argmax(1) == labels).mean())}
     int_ops = {k: v for k, v in optimized_ops(tmp / "finequant.int8.onnx", tmp).items()
                if "Integer" in k or "Quant" in k}
     for batch in (1, 16):
@@ -103,23 +96,19 @@ def main() -> None:
                    "finequant dynamic int8 (PyTorch kernels)": Runner("torch", lambda _, x=x: _torch(torch_int8, x),
                                                                       None)}
         for name, sess in sessions.items():
-            runners[name] = Runner(name, lambda _, s=sess, x=x: s.run(None, _feed(s, x))[0], None)
+            runners[name] = Runner(name, lambda _, s=sess, x=to_numpy(x): run(s, x), None)
         timed = measure_side_by_side(runners, np.zeros(batch), rounds=40)
         for name, t in timed.items():
             rows[name][f"p50_ms_b{batch}"] = t["p50_ms"]
         print(f"batch {batch}: " + ", ".join(f"{n} {t['p50_ms']:.2f} ms" for n, t in timed.items()))
-    result = {"rows": rows, "finequant_export": {v: sum(1 for d in done.values() if d == v) for v in set(done.values())},
+    fates = {v: sum(1 for d in done.values() if d == v) for v in set(done.values())}
+    result = {"rows": rows, "finequant_export": fates,
               "finequant_optimized_integer_ops": int_ops, "ort_quantize_dynamic_s": ort_q_s,
               "sequence_length": int(test[1][0]["input_ids"].shape[1])}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     args.doc.write_text(_markdown(result))
     print(json.dumps(result, indent=2))
-
-
-def _file(name: str) -> str:
-    return {"ORT fp32": "fp32.onnx", "finequant dynamic int8 (ORT)": "finequant.int8.onnx",
-            "ORT quantize_dynamic": "ort.int8.onnx"}[name]
 
 
 def _torch(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> np.ndarray:

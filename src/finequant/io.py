@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -23,3 +26,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cached_json(path: str | Path, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """The JSON at ``path`` if a finished run left it there, else ``compute()`` written there atomically
+    (so a killed run never leaves a half result). Returns the value and whether it came from disk."""
+    path = Path(path)
+    if path.is_file():
+        return json.loads(path.read_text()), True
+    value = compute()
+    atomic_write_text(path, json.dumps(value, indent=2))
+    return value, False

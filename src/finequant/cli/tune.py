@@ -5,7 +5,6 @@ split. Trials and the sensitivity table are cached in the output folder: a rerun
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,12 +17,12 @@ from rich.table import Table
 
 from finequant.cli.runs import resolve_model, run_data
 from finequant.data import make_loader
-from finequant.io import atomic_write_text
-from finequant.models.base import forward
+from finequant.io import cached_json
 from finequant.quant import QuantConfig, quantize
 from finequant.quant.artifact import save_quantized
 from finequant.quant.compare import compare_models
 from finequant.summary import write_summary
+from finequant.train import evaluate as evaluate_model
 from finequant.tune import layer_sensitivity, leave_one_out
 from finequant.tune.search import OBJECTIVES, Trial, candidates, choose, config_key, latency_ms, pareto_front, search
 from finequant.tune.sensitivity import Sensitivity
@@ -58,27 +57,6 @@ def sensitivity_chart(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _cached(path: Path, compute: Any) -> Any:
-    """JSON at ``path`` if present (a resumed run), else ``compute()`` written there atomically."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = compute()
-    atomic_write_text(path, json.dumps(value, indent=2))
-    return value
-
-
-def _latency(qm: Any, loaded: Any, example: Any, backend: str) -> float:
-    if loaded.task == "image":
-        return latency_ms(qm, example, backend)
-    # Text models run on torch-sim (no int8 ONNX export for them yet): time one validation batch.
-    with torch.inference_mode():
-        forward(qm.model, example)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            forward(qm.model, example)
-    return (time.perf_counter() - t0) / 5 * 1000
-
-
 def tune_command(
     source: str = typer.Argument(..., help="Finetune run folder (or model folder/spec with --data)."),
     out: Path = typer.Option(..., "--out", "-o"),
@@ -111,8 +89,8 @@ def tune_command(
     def sensitivity() -> list[Sensitivity]:
         """Computed on first need (size objective, float fallback, --sensitivity-only), then cached."""
         if "sensitivity" not in result:
-            result["sensitivity"] = _cached(out / f"sensitivity-{key}.json", lambda: [
-                asdict(r) for r in layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))])
+            result["sensitivity"] = cached_json(out / f"sensitivity-{key}.json", lambda: [
+                asdict(r) for r in layer_sensitivity(loaded.model, base, calib_batches, val, bits=_bits(bits))])[0]
             sensitivity_chart(result["sensitivity"], out / "sensitivity.png")
             _print_sensitivity(result["sensitivity"])
         return [Sensitivity(**r) for r in result["sensitivity"]]
@@ -120,11 +98,11 @@ def tune_command(
     if sensitivity_only or objective == "size":
         sensitivity()
     if leave_one_out_:
-        result["leave_one_out"] = _cached(out / f"leave-one-out-{key}.json",
-                                          lambda: leave_one_out(loaded.model, base, calib_batches, val,
-                                                                bits=_bits(bits)))
+        result["leave_one_out"] = cached_json(out / f"leave-one-out-{key}.json",
+                                              lambda: leave_one_out(loaded.model, base, calib_batches, val,
+                                                                    bits=_bits(bits)))[0]
     if not sensitivity_only:
-        float_acc = compare_models(loaded.model, loaded.model, val, n_classes)["float"]["accuracy"]
+        float_acc = evaluate_model(loaded.model, val, n_classes, "cpu")["accuracy"]
         allowed_pt = max_drop * float_acc if relative else max_drop
         example = saved_example(loaded, val)
 
@@ -134,7 +112,8 @@ def tune_command(
             cmp = compare_models(loaded.model, qm.model, val, n_classes)
             return {"val_accuracy": cmp["quantized"]["accuracy"], "val_drop_pt": cmp["accuracy_drop_pt"],
                     "packed_bytes": qm.packed_weight_bytes(),
-                    "latency_ms": _latency(qm, loaded, example, backend if loaded.task == "image" else "torch-sim"),
+                    # text models are timed in the simulation (tune exports only static image models)
+                    "latency_ms": latency_ms(qm, example, backend if loaded.task == "image" else "torch-sim"),
                     "seconds": time.perf_counter() - t0}
 
         def run_trials(trials: list[Trial], budget: int) -> list[dict[str, Any]]:

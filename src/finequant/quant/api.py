@@ -34,15 +34,19 @@ class QuantizedModel:
     config: QuantConfig
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     folded: list[tuple[str, str]] = field(default_factory=list)
-    rewrites: dict[str, int] = field(default_factory=dict)  # ReLU6 -> ChannelClip(channels), by CLE
     ptq_report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rewrites(self) -> dict[str, int]:
+        """ReLU6 modules that CLE turned into ``ChannelClip`` (name -> channels), read off the model."""
+        return {n: int(m.high.numel()) for n, m in self.model.named_modules() if isinstance(m, ChannelClip)}
 
     def quant_layers(self) -> dict[str, QuantLayer]:
         return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantLayer)}
 
     def qparams(self) -> QParams:
         return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded),
-                       rewrites=dict(self.rewrites))
+                       rewrites=self.rewrites)
 
     def float_layers(self) -> dict[str, str]:
         return {n: r["reason"] for n, r in self.layers.items() if r["status"] == "float"}
@@ -140,7 +144,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
                             "granularity": plan.weight_spec.granularity, "activations": plan.act_mode}
         elif any(True for _ in module.parameters(recurse=False)):
             layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
-    return QuantizedModel(net, config, layers, pairs, dict(rewrites or {}))
+    return QuantizedModel(net, config, layers, pairs)
 
 
 def _parents(net: nn.Module, name: str) -> list[nn.Module]:
@@ -182,7 +186,6 @@ def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
     for name, step in steps:
         if step.before_calibration:
             qm.ptq_report[name] = step.run(qm.model, batches, config)
-    qm.rewrites = dict(qm.ptq_report.get("cle", {}).get("relu6_to_channel_clip", {}))
     n = calibrate(qm, batches)
     if len(batches) < config.calib_batches and n:
         log.warning("calibrated on %d batch(es), fewer than calib_batches=%d", len(batches), config.calib_batches)

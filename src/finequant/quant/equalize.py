@@ -142,17 +142,16 @@ def cross_layer_equalization(model: nn.Module, batches: list[Any]) -> dict[str, 
     for a, acts, b in candidates:
         first, second = layers[a].layer, layers[b].layer
         clips[(a, b)] = [m for m in map(model.get_submodule, acts) if isinstance(m, ChannelClip)]
-        saved = [t.detach().clone() for t in (first.weight, first.bias, second.weight, *(c.high for c in clips[(a, b)]))
-                 if t is not None]
+        touched = [t for t in (first.weight, first.bias, second.weight, *(c.high for c in clips[(a, b)]))
+                   if t is not None]
+        saved = [t.detach().clone() for t in touched]
         if not _scale_pair(first, second, clips[(a, b)]):
             rejected.append((a, b, "layer 2's weights do not map one-to-one to layer 1's channels"))
             continue
         out = _outputs(model, batch)
         if (out - reference).abs().max() > 1e-3 * reference.abs().max() + 1e-5:
             with torch.no_grad():
-                live = [t for t in (first.weight, first.bias, second.weight, *(c.high for c in clips[(a, b)]))
-                        if t is not None]
-                for t, old in zip(live, saved):
+                for t, old in zip(touched, saved):
                     t.copy_(old)
             rejected.append((a, b, "output changed: layer 1's output has other consumers"))
             continue

@@ -25,7 +25,7 @@ from finequant.quant.api import QuantizedModel
 from finequant.quant.artifact import QUANT_CONFIG, load_quantized
 from finequant.quant.config import QuantConfig
 from finequant.registry import Registry
-from finequant.runtime.onnx_dynamic import export_dynamic, export_text_float
+from finequant.runtime.onnx_dynamic import export_dynamic
 from finequant.runtime.onnx_qdq import export_float, export_qdq, float_copy
 from finequant.runtime.ort import run as ort_run
 from finequant.runtime.ort import session as ort_session
@@ -153,10 +153,7 @@ def export_onnx(saved: Saved, path: Path) -> dict[str, str]:
     """The ONNX file a backend runs: QDQ int8 (static/QAT), integer MatMuls (dynamic) or fp32."""
     example = saved.example()
     if not saved.quantized:
-        if isinstance(example, dict):
-            export_text_float(saved.loaded.model, example, path)
-        else:
-            export_float(saved.loaded.model, example, path)
+        export_float(saved.loaded.model, example, path)
         return {}
     qm = saved.quantized_model()
     if qm.config.method in ("static", "qat") and not isinstance(example, dict):

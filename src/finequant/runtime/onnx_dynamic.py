@@ -4,14 +4,11 @@ Each quantized Linear's ``MatMul`` becomes ``DynamicQuantizeLinear`` (uint8 acti
 measured per batch at run time, as in finequant's ``dynamic`` method) -> ``MatMulInteger`` with
 finequant's own int8 per-channel weight codes -> scale by ``x_scale * w_scale``. ONNX Runtime fuses
 this into its ``DynamicQuantizeMatMul`` kernel. Text models take ``input_ids``/``attention_mask``
-with dynamic batch and sequence axes.
+with dynamic batch and sequence axes (see :func:`finequant.runtime.onnx_qdq.export_float`).
 """
 
 from __future__ import annotations
 
-import inspect
-import io
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +17,15 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from finequant.errors import FinequantError
 from finequant.io import atomic_write_bytes
 from finequant.quant.api import QuantizedModel
-from finequant.runtime.onnx_qdq import OPSET, _Graph, _topological_sort, float_copy
-
-
-def export_text_float(model: torch.nn.Module, example: dict[str, torch.Tensor],
-                      path: str | Path | None = None) -> onnx.ModelProto:
-    """fp32 ONNX of a model called with keyword tensors (``input_ids``, ``attention_mask``, ...)."""
-    # ONNX input names follow the forward signature's order, not the dict's (tokenizers put
-    # token_type_ids before attention_mask; naming them in dict order would swap the two).
-    names = [p for p in inspect.signature(model.forward).parameters if p in example]
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), (), buf, kwargs={n: example[n] for n in names}, input_names=names, output_names=["logits"],
-                              opset_version=OPSET, dynamo=False,
-                              dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}})
-    except Exception as e:  # the exporter raises many types for unsupported ops
-        raise FinequantError(f"ONNX export failed ({type(e).__name__}: {str(e)[:300]})") from e
-    proto = onnx.load_from_string(buf.getvalue())
-    if path is not None:
-        atomic_write_bytes(path, proto.SerializeToString())
-    return proto
+from finequant.runtime.onnx_qdq import _Graph, _topological_sort, export_float, float_copy
 
 
 def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.Tensor,
                    path: str | Path | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Integer-MatMul ONNX of a ``dynamic``-method model; returns the proto and each layer's fate."""
-    from finequant.runtime.onnx_qdq import export_float
-
-    net = float_copy(qm.model)
-    proto = (export_text_float(net, example) if isinstance(example, dict) else export_float(net, example))
+    proto = export_float(float_copy(qm.model), example)
     g = _Graph(proto)
     # The exporter renames and transposes Linear weights: find each by value (W^T of the dequantized weight).
     by_shape: dict[tuple[int, ...], list[str]] = {}

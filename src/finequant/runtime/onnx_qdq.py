@@ -11,6 +11,7 @@ ONNX Runtime then fuses these into integer kernels (QLinearConv, QLinearMatMul, 
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import logging
 import warnings
@@ -45,17 +46,31 @@ def float_copy(model: nn.Module) -> nn.Module:
     return net
 
 
-def export_float(model: nn.Module, example: torch.Tensor, path: str | Path | None = None) -> onnx.ModelProto:
-    """fp32 ONNX with a dynamic batch axis (input ``input``, output ``logits``)."""
+def export_float(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor],
+                 path: str | Path | None = None) -> onnx.ModelProto:
+    """fp32 ONNX with dynamic batch (and, for text, sequence) axes; output ``logits``.
+
+    An image batch becomes input ``input``; a text batch (keyword tensors such as ``input_ids``,
+    ``attention_mask``) keeps its names.
+    """
+    if isinstance(example, dict):
+        # Input names follow the forward signature's order, not the dict's (tokenizers put
+        # token_type_ids before attention_mask; naming them in dict order would swap the two).
+        names = [p for p in inspect.signature(model.forward).parameters if p in example]
+        args, kwargs = (), {n: example[n] for n in names}
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    else:
+        names, args, kwargs, axes = ["input"], (example,), None, {"input": {0: "batch"}}
     buf = io.BytesIO()
     try:
         # The TorchScript exporter keeps parameter names as initializer names, which the QDQ rewrite
         # keys on, and needs no onnxscript; torch deprecates it in favour of torch.export (dynamo=True).
+        # Its tracer warnings are not actionable for users; real failures raise and are reported below.
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), args, buf, kwargs=kwargs, dynamo=False, opset_version=OPSET,
+                              input_names=names, output_names=["logits"],
+                              dynamic_axes={**axes, "logits": {0: "batch"}})
     except Exception as e:  # the exporter raises many types for unsupported ops
         raise FinequantError(f"ONNX export failed ({type(e).__name__}: {str(e)[:300]}); the model has an "
                              "operation the ONNX exporter cannot express") from e

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from finequant.errors import ConfigError
-from finequant.io import atomic_write_text
+from finequant.io import cached_json
+from finequant.models.base import forward
 from finequant.quant.api import QuantizedModel
 from finequant.quant.config import QuantConfig
 from finequant.tune.mixed import FLOAT, choose_bits, mixed_config
@@ -109,9 +110,11 @@ def pareto_front(trials: list[dict[str, Any]], keys: tuple[str, ...] = ("val_acc
     return front
 
 
-def latency_ms(qm: QuantizedModel, example: torch.Tensor, backend: str, repeats: int = 20) -> float:
-    """Median batch-1 latency of the quantized model on ``backend`` (``onnxruntime``: the int8 QDQ export)."""
-    from finequant.runtime.backends import Runner
+def latency_ms(qm: QuantizedModel, example: torch.Tensor | dict[str, torch.Tensor], backend: str,
+               repeats: int = 20) -> float:
+    """Median latency of the quantized model on ``example`` on ``backend`` (``onnxruntime``: the int8
+    QDQ export of an image model; ``torch-sim``: the simulation, image or text)."""
+    from finequant.runtime.backends import Runner, to_numpy
     from finequant.runtime.bench import measure
 
     if backend == "onnxruntime":
@@ -128,11 +131,11 @@ def latency_ms(qm: QuantizedModel, example: torch.Tensor, backend: str, repeats:
     if backend != "torch-sim":
         raise ConfigError(f"tune measures latency on 'onnxruntime' or 'torch-sim', not {backend!r}")
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def predict(_: Any) -> np.ndarray:
         with torch.inference_mode():
-            return qm.model(torch.from_numpy(x)).numpy()
+            return forward(qm.model, example).numpy()
 
-    return measure(Runner("torch-sim", predict, None), example.numpy(), warmup=2, repeats=repeats,
+    return measure(Runner("torch-sim", predict, None), to_numpy(example), warmup=2, repeats=repeats,
                    min_seconds=0.3)["p50_ms"]
 
 
@@ -144,13 +147,10 @@ def search(trials: list[Trial], evaluate: Callable[[Trial], dict[str, Any]], *, 
     cache_dir.mkdir(parents=True, exist_ok=True)
     done: list[dict[str, Any]] = []
     for trial in trials[:budget_trials]:
-        path = cache_dir / f"{config_key(trial.config, context)}.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
+        result, hit = cached_json(cache_dir / f"{config_key(trial.config, context)}.json",
+                                  lambda: {"name": trial.name, "config": asdict(trial.config), **evaluate(trial)})
+        if hit:
             log(f"trial {len(done) + 1} (cached): {trial.name}")
-        else:
-            result = {"name": trial.name, "config": asdict(trial.config), **evaluate(trial)}
-            atomic_write_text(path, json.dumps(result, indent=2))
         result["within_budget"] = within_budget(result)
         done.append(result)
         log(f"trial {len(done)}: {trial.name}: val acc {result['val_accuracy']:.4f} (drop "
