@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from finequant.cli.runs import resolve_model, run_data
+from finequant.workflow import open_source
 from finequant.data import make_loader
 from finequant.quant import QuantConfig, quantize
 from finequant.quant.artifact import load_quantized
@@ -45,8 +45,8 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.005)
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "nncf.json")
     args = ap.parse_args()
-    loaded, run_info = resolve_model(str(args.run))
-    splits = run_data(str(args.run), loaded, run_info, None).splits
+    src = open_source(args.run)
+    loaded, splits = src.loaded, src.splits
     calib = [x for x, _ in make_loader(splits.train, loaded, batch_size=32, shuffle=True, seed=0)][:16]
     val = make_loader(splits.val, loaded, batch_size=100)
     test = make_loader(splits.test, loaded, batch_size=100)

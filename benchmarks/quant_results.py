@@ -13,9 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from finequant.cli.quantize import run_quantize
-from finequant.quant import QuantConfig
-from finequant.train import FinetuneConfig
+from finequant.workflow import quantize_run
+from finequant.quant import QATConfig, QuantConfig
 
 VISION = {
     "static int8 per-channel, minmax": QuantConfig(),
@@ -33,7 +32,7 @@ VISION = {
     "W4A8 PTQ per-channel, AdaRound + bias correction": QuantConfig(weight_bits=4,
                                                                     ptq=["adaround", "bias-correction"]),
     "W4A8 PTQ per-channel, mse weights": QuantConfig(weight_bits=4, weight_observer="mse"),
-    "W4A8 QAT (2 epochs, distillation)": QuantConfig(method="qat", weight_bits=4, weight_observer="mse"),
+    "W4A8 QAT (2 epochs, distillation)": QuantConfig(method="qat", weight_bits=4),
     "weights pow2 4-bit": QuantConfig(method="nonlinear", weight_bits=4, scheme="pow2"),
     "weights k-means 4-bit": QuantConfig(method="nonlinear", weight_bits=4, scheme="kmeans"),
     "fp16": QuantConfig(method="fp16"),
@@ -54,14 +53,14 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="Subset of row names (group/name).")
     args = ap.parse_args()
     results: dict[str, dict] = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    qat = FinetuneConfig(epochs=2, lr=1e-4, lr_mult=1.0, distill_weight=0.5, freeze_bn_stats=True)
+    qat = QATConfig(epochs=2, lr=1e-4, distill=0.5)
     for group, source, table in (("vision", args.runs / "vision" / "lp-ft", VISION),
                                  ("text", args.runs / "text" / "last-layer", TEXT)):
         for name, cfg in table.items():
             if args.only and f"{group}/{name}" not in args.only:
                 continue
             slug = name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-            r = run_quantize(str(source), cfg, args.out / group / slug, qat=qat)
+            r = quantize_run(str(source), cfg, args.out / group / slug, qat=qat)
             m, s = r["metrics"], r["sizes"]
             results[f"{group}/{name}"] = {
                 "float_accuracy": m["float"]["accuracy"], "accuracy": m["quantized"]["accuracy"],

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finequant.cli.runs import resolve_model, run_data
+from finequant.workflow import open_source
 from finequant.data import make_loader
 from finequant.quant import QuantConfig, quantize
 from finequant.runtime.backends import Runner, to_numpy
@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=Path("docs/benchmarks_text.md"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    loaded, run_info = resolve_model(str(args.run))
-    splits = run_data(str(args.run), loaded, run_info, None).splits
+    src = open_source(args.run)
+    loaded, splits = src.loaded, src.splits
     test = list(make_loader(splits.test, loaded, batch_size=50))
     tmp = Path(tempfile.mkdtemp(prefix="text-bench-"))
     example = {k: v[:2] for k, v in test[0][0].items()}

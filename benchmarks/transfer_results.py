@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from finequant.cli.finetune import run_finetune
+from finequant.workflow import finetune_run
 from finequant.train import FinetuneConfig
 
 RUNS = {
@@ -43,7 +43,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         t0 = time.perf_counter()
-        r = run_finetune(model, data, cfg, args.out / name, max_samples=max_samples)
+        r = finetune_run(model, data, cfg, args.out / name, max_samples=max_samples)
         full_epochs = [h["epoch_time_s"] for h in r.history if not h["cached"]]
         cached_epochs = [h["epoch_time_s"] for h in r.history if h["cached"]]
         results[name] = {

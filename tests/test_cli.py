@@ -95,7 +95,7 @@ def test_tune_searches_within_the_budget_and_resumes_from_cached_trials(tmp_path
                                "digits", "--strategy", "full", "--epochs", "2", "--image-size", "32",
                                "--max-samples", "300", "--out", str(run)]).exit_code == 0
     out = tmp_path / "tune"
-    args = ["tune", str(run), "--max-drop", "1.0", "--bits", "4,8", "--calib", "2", "--objective", "size",
+    args = ["tune", str(run), "--max-drop", "1.0", "--bits", "4", "--bits", "8", "--calib", "2", "--objective", "size",
             "--budget-trials", "4", "--leave-one-out", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -117,6 +117,7 @@ def test_tune_searches_within_the_budget_and_resumes_from_cached_trials(tmp_path
     assert json.loads((out / "summary.json").read_text())["metrics"]["chosen"] == s["chosen"]
 
 
+@pytest.mark.slow  # subprocesses / a real transformer: ~20-60 s
 def test_text_models_run_on_onnxruntime_with_integer_matmuls(tmp_path):
     """eval, bench and export take a dynamic-int8 MiniLM to ONNX Runtime's integer kernels."""
     run, q = tmp_path / "run", tmp_path / "q"

@@ -87,7 +87,7 @@ yaml_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 9
 def test_pipeline_yaml_works_or_raises_finequant_errors(tmp_path, doc):
     import yaml
 
-    from finequant.cli.pipeline import load_pipeline
+    from finequant.pipeline import load_pipeline
 
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(doc))

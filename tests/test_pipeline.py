@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from finequant.cli import app
-from finequant.cli.pipeline import load_pipeline
+from finequant.pipeline import load_pipeline
 from finequant.errors import ConfigError
 
 runner = CliRunner()
@@ -35,7 +35,7 @@ def _write(tmp_path: Path, doc: dict) -> Path:
     ({"finetune": {"modle": "x"}, "quantize": {"a": {}}}, r"unknown finetune key\(s\) \['modle'\]"),
     ({"finetune": {"config": {"epochz": 1}}, "quantize": {"a": {}}}, r"epochz"),
     ({"quantize": {"a": {"method": "statc"}}}, r"Did you mean 'static'"),
-    ({"quantize": {"a": {}}, "export": {"format": "tflite"}}, r"export.format='tflite': allowed values are onnx, pt2"),
+    ({"quantize": {"a": {}}, "export": {"format": "tflite"}}, r"export.format='tflite': allowed values are onnx, onnx-dynamic, onnx-fp32, onnx-qdq, pt2"),
     ({"finetune": {}}, r"add a 'quantize' \(variants\) or 'tune' section"),
     ({"quantize": {"a": {}}, "bench": {"batch": "1,16"}}, r"bench.batch='1,16': expected list\[int\]"),
 ])

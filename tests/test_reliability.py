@@ -127,6 +127,7 @@ def test_archive_links_are_refused(tmp_path):
         load_data(f"imagefolder:{archive}")
 
 
+@pytest.mark.slow  # subprocesses / a real transformer: ~20-60 s
 def test_sigkill_during_tune_resumes_from_cached_trials(tmp_path):
     import json
     import signal
@@ -139,8 +140,8 @@ def test_sigkill_during_tune_resumes_from_cached_trials(tmp_path):
     subprocess.run([*cli, "finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data", "digits",
                     "--strategy", "full", "--epochs", "1", "--image-size", "32", "--max-samples", "300",
                     "--out", str(run)], check=True, capture_output=True)
-    # a budget no trial meets, so the search runs all its trials
-    args = [*cli, "tune", str(run), "--max-drop", "-1", "--backend", "torch-sim", "--budget-trials", "3",
+    # a zero budget: the search runs trials until one loses nothing (often all three)
+    args = [*cli, "tune", str(run), "--max-drop", "0", "--backend", "torch-sim", "--budget-trials", "3",
             "--calib", "2", "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -155,9 +156,10 @@ def test_sigkill_during_tune_resumes_from_cached_trials(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("(cached)") == finished
-    assert len(json.loads((out / "summary.json").read_text())["metrics"]["trials"]) == 3
+    assert finished <= len(json.loads((out / "summary.json").read_text())["metrics"]["trials"]) <= 3
 
 
+@pytest.mark.slow  # subprocesses / a real transformer: ~20-60 s
 def test_a_crashed_ddp_worker_ends_the_job_instead_of_hanging(tmp_path):
     import subprocess
     import sys

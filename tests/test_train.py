@@ -143,6 +143,7 @@ def _summary(path):
     return json.loads((path / "summary.json").read_text())
 
 
+@pytest.mark.slow  # subprocesses / a real transformer: ~20-60 s
 def test_resume_after_sigkill_reaches_the_same_result(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     args = ["--epochs", "5"]
@@ -161,6 +162,7 @@ def test_resume_after_sigkill_reaches_the_same_result(tmp_path):
     assert [h["val_loss"] for h in a["history"]] == pytest.approx([h["val_loss"] for h in b["history"]], abs=1e-6)
 
 
+@pytest.mark.slow  # subprocesses / a real transformer: ~20-60 s
 def test_two_process_ddp_matches_single_process(tmp_path):
     args = ["--epochs", "2", "--strategy", "partial", "--freeze-pattern", r"bn\d", "--seed", "1"]
     single = subprocess.run([*CLI, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True)

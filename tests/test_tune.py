@@ -8,7 +8,7 @@ from finequant.data import load_data, make_loader, stratified_split
 from finequant.models.base import LoadedModel, Preprocess
 from finequant.quant import QuantConfig, quantize
 from finequant.train import FinetuneConfig, finetune
-from finequant.tune import FLOAT, Sensitivity, choose_bits, layer_sensitivity, mixed_config
+from finequant.tuning import FLOAT, Sensitivity, choose_bits, layer_sensitivity, mixed_config
 
 
 def _table():
@@ -64,7 +64,7 @@ def test_sensitivity_table_ranks_4_bits_below_8_bits():
 
 
 def test_search_stops_at_the_first_trial_within_budget_and_reuses_the_cache(tmp_path):
-    from finequant.tune.search import Trial, choose, pareto_front, search
+    from finequant.tuning.search import Trial, choose, search, trials_front
 
     trials = [Trial(f"t{i}", QuantConfig(weight_bits=b)) for i, b in enumerate((2, 4, 6, 8))]
     drops = {2: 5.0, 4: 0.8, 6: 0.3, 8: 0.1}
@@ -82,5 +82,5 @@ def test_search_stops_at_the_first_trial_within_budget_and_reuses_the_cache(tmp_
     assert [t["name"] for t in done] == ["t0", "t1", "t2"] and calls == ["t0", "t1", "t2"]  # t3 never ran
     assert choose(done, "latency")["name"] == "t2"
     assert search(trials, evaluate, **kw) == done and len(calls) == 3  # resumed entirely from the cache
-    assert set(pareto_front(done)) == {"t0", "t1", "t2"}  # each trades accuracy for speed
+    assert set(trials_front(done)) == {"t0", "t1", "t2"}  # each trades accuracy for speed
     assert len(search(trials, evaluate, **{**kw, "budget_trials": 1})) == 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,21 @@ def cached_json(path: str | Path, compute: Callable[[], Any]) -> tuple[Any, bool
     value = compute()
     atomic_write_text(path, json.dumps(value, indent=2))
     return value, False
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """Write a folder as a set: yields a temporary sibling to fill, which replaces ``out`` only when the
+    block finishes (the old ``out`` stays whole until then, and a failure or kill leaves it untouched)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,8 @@
-"""The ``finequant`` command line: a thin layer over the library, one module per command group."""
+"""The ``finequant`` command line: argument parsing and printing over :mod:`finequant.workflow`.
+
+Each command module imports only configs and the catalog at import time (the library is imported
+inside the command), so ``finequant --help`` and ``finequant CMD --help`` start without torch.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ import sys
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
-from finequant.cli import catalog, demo, deploy, finetune, pipeline, quantize, report, tune
+from finequant.cli import catalog, deploy, finetune, pipeline, quantize, report, tune
 from finequant.errors import FinequantError
 
 console = Console()
@@ -19,19 +22,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's formatter: re-wraps docstrings, never cuts option names
+    context_settings={"max_content_width": 120},
 )
-catalog.register(app)
-finetune.register(app)
-demo.register(app)
-quantize.register(app)
-deploy.register(app)
-tune.register(app)
-report.register(app)
-pipeline.register(app)
+for module in (catalog, finetune, quantize, tune, deploy, report, pipeline):
+    module.register(app)
 
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    from rich.logging import RichHandler
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
 

@@ -1,4 +1,4 @@
-"""``finequant models`` and ``finequant data list|inspect``: what sources exist and what a data set holds."""
+"""``finequant list``, ``models`` and ``data list|inspect``: what finequant offers and what a data set holds."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from finequant.data import DATA_SOURCES, inspect_data, load_data
-from finequant.models import BUNDLED_MODELS, MODEL_SOURCES
-from finequant.summary import write_summary
+from finequant import catalog
 
 console = Console()
 data_app = typer.Typer(help="List data sources or inspect a data set.", no_args_is_help=True)
@@ -18,6 +16,9 @@ data_app = typer.Typer(help="List data sources or inspect a data set.", no_args_
 
 def models(out: Path = typer.Option(None, "--out", help="Also write summary.json here.")) -> None:
     """List model sources (spec prefixes) and the bundled pretrained models."""
+    from finequant.models import BUNDLED_MODELS, MODEL_SOURCES
+    from finequant.summary import write_summary
+
     table = Table(title="model sources")
     table.add_column("spec")
     table.add_column("what")
@@ -33,6 +34,8 @@ def models(out: Path = typer.Option(None, "--out", help="Also write summary.json
 @data_app.command("list")
 def data_list() -> None:
     """List data sources (spec prefixes and bundled data sets)."""
+    from finequant.data import DATA_SOURCES
+
     table = Table(title="data sources")
     table.add_column("spec")
     table.add_column("what")
@@ -48,6 +51,9 @@ def data_inspect(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable file or bad row."),
 ) -> None:
     """Print class counts and flag problems: empty class, unreadable or duplicate files, imbalance."""
+    from finequant.data import inspect_data, load_data
+    from finequant.summary import write_summary
+
     report = inspect_data(load_data(spec, strict=strict))
     table = Table(title=f"{spec}: {report['samples']} {report['kind']} samples, {report['classes']} classes")
     table.add_column("class")
@@ -63,6 +69,27 @@ def data_inspect(
         write_summary(out, "data inspect", config={"spec": spec, "strict": strict}, metrics=report)
 
 
+REGISTRIES = {"methods": catalog.METHODS, "observers": catalog.OBSERVERS, "ptq": catalog.PTQ_STEPS,
+              "strategies": catalog.STRATEGIES, "backends": catalog.BACKENDS, "exporters": catalog.EXPORTERS}
+
+
+def list_command(what: str = typer.Argument(..., help=f"One of: {', '.join(REGISTRIES)}.")) -> None:
+    """List a registry's entries with what each one does and needs (methods: calibration, training,
+    exporter, real torch kernels)."""
+    if what not in REGISTRIES:
+        raise typer.BadParameter(f"{what!r}: choose one of {', '.join(REGISTRIES)}")
+    reg = REGISTRIES[what]
+    table = Table(title=f"{what} ({reg.kind})")
+    for col in ("name", "what", "capabilities"):
+        table.add_column(col)
+    for name in reg:
+        info = reg.info(name)
+        caps = ", ".join(f"{k}={v}" for k, v in vars(info).items()) if info is not None else ""
+        table.add_row(name, reg.help(name), caps)
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("list")(list_command)
     app.command("models")(models)
     app.add_typer(data_app, name="data")

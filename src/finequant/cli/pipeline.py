@@ -1,196 +1,46 @@
-"""``finequant run pipeline.yaml``: finetune -> quantize and/or tune -> export -> bench -> report.
-
-Each step writes into its own sub-folder of the run folder, with ``step.json`` holding the hash of
-its config and of the steps it depends on. A rerun skips every step whose hash and outputs are
-unchanged and recomputes the rest, so editing one quantize variant reruns only that variant and
-what reads it.
-"""
+"""``finequant run pipeline.yaml`` and ``finequant demo``: the whole chain in one command."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
-
-from finequant.configs import from_mapping
-from finequant.errors import ConfigError
-from finequant.io import atomic_write_text
-from finequant.quant import QuantConfig
-from finequant.train import FinetuneConfig
+from rich.table import Table
 
 console = Console()
-STEPS = ("finetune", "quantize", "tune", "export", "bench", "report")
-
-
-@dataclass
-class FinetuneStep:
-    model: str = "efficientnet_lite0"
-    data: str = "mnist5k"
-    max_samples: int | None = None
-    pretrained: bool = True
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TuneStep:
-    max_drop: float = 0.5
-    relative: bool = False
-    objective: str = "latency"
-    backend: str = "onnxruntime"
-    method: str = "static"
-    budget_trials: int = 8
-    bits: str = "4,8"
-    calib: int = 8
-
-
-@dataclass
-class ExportStep:
-    format: str = "onnx"
-
-
-@dataclass
-class BenchStep:
-    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    batch: list[int] = field(default_factory=lambda: [1])
-    threads: int | None = None
-
-
-@dataclass
-class Pipeline:
-    out: str = "runs/pipeline"
-    finetune: FinetuneStep = field(default_factory=FinetuneStep)
-    quantize: dict[str, QuantConfig] = field(default_factory=dict)
-    tune: TuneStep | None = None
-    export: ExportStep | None = None
-    bench: BenchStep | None = None
-    report: bool = True
-
-
-def _section(d: Any, name: str) -> dict[str, Any]:
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{name}: expected a mapping of settings, got {type(d).__name__}")
-    return d
-
-
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Parse and validate a pipeline YAML (``yaml.safe_load``: no Python objects from the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such pipeline file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(('out',) + STEPS)}")
-    unknown = set(raw) - {"out", *STEPS}
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(('out',) + STEPS)}")
-    ft = from_mapping(FinetuneStep, _section(raw.get("finetune"), "finetune"), "finetune")
-    FinetuneConfig.from_dict(ft.config)  # validate now, not after an hour of training
-    variants = _section(raw.get("quantize"), "quantize")
-    quantize = {str(name): QuantConfig.from_dict(_section(cfg, f"quantize.{name}")) for name, cfg in variants.items()}
-    tune = from_mapping(TuneStep, _section(raw["tune"], "tune"), "tune") if "tune" in raw else None
-    export = from_mapping(ExportStep, _section(raw["export"], "export"), "export") if "export" in raw else None
-    if export and export.format not in ("onnx", "pt2"):
-        raise ConfigError(f"export.format={export.format!r}: allowed values are onnx, pt2")
-    bench = from_mapping(BenchStep, _section(raw["bench"], "bench"), "bench") if "bench" in raw else None
-    if not quantize and tune is None:
-        raise ConfigError(f"{path}: add a 'quantize' (variants) or 'tune' section; there is nothing to deploy")
-    return Pipeline(out=str(raw.get("out", "runs/pipeline")), finetune=ft, quantize=quantize, tune=tune,
-                    export=export, bench=bench, report=raw.get("report", True) is not False)
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class _Runner:
-    """Runs a step unless its folder holds a finished run of the same config (resume)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.times, self.skipped = root, {}, []
-
-    def step(self, name: str, config: Any, fn: Callable[[Path], None], done_file: str = "summary.json") -> str:
-        folder = self.root / name
-        digest = _hash(config)
-        marker = folder / "step.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("hash") == digest and (folder / done_file).exists():
-            console.print(f"[dim]step[/] {name}: unchanged, skipped")
-            self.skipped.append(name)
-            return digest
-        t0 = time.perf_counter()
-        folder.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)  # an interrupted step is never mistaken for a finished one
-        fn(folder)
-        self.times[name] = time.perf_counter() - t0
-        atomic_write_text(marker, json.dumps({"hash": digest, "config": config, "seconds": self.times[name]},
-                                             indent=2, default=str))
-        console.print(f"[dim]step[/] {name}: {self.times[name]:.1f} s")
-        return digest
-
-
-def run_pipeline(p: Pipeline) -> dict[str, Any]:
-    from finequant.cli.deploy import bench_paths, export_command
-    from finequant.cli.finetune import run_finetune
-    from finequant.cli.quantize import run_quantize
-    from finequant.cli.tune import tune_command
-    from finequant.report import write_report
-    from finequant.summary import write_summary
-
-    root = Path(p.out)
-    r = _Runner(root)
-    ft = asdict(p.finetune)
-    h_ft = r.step("finetune", ft, lambda d: run_finetune(
-        p.finetune.model, p.finetune.data, FinetuneConfig.from_dict(p.finetune.config), d,
-        pretrained=p.finetune.pretrained, max_samples=p.finetune.max_samples))
-    run_dir = str(root / "finetune")
-    deployables: dict[str, str] = {}
-    for name, q in p.quantize.items():
-        h = r.step(f"quantize/{name}", {"upstream": h_ft, "quantize": asdict(q)},
-                   lambda d, q=q: run_quantize(run_dir, q, d))
-        deployables[f"quantize/{name}"] = h
-    if p.tune:
-        t = p.tune
-        h = r.step("tune", {"upstream": h_ft, "tune": asdict(t)}, lambda d: tune_command(
-            source=run_dir, out=d, max_drop=t.max_drop, relative=t.relative, objective=t.objective,
-            backend=t.backend, method=t.method, budget_trials=t.budget_trials, bits=t.bits, sensitivity_only=False,
-            leave_one_out_=False, calib=t.calib, data=None))
-        deployables["tune"] = h
-    if p.export:
-        for name, h in deployables.items():
-            suffix = "onnx" if p.export.format == "onnx" else "pt2"
-            r.step(f"export/{name.replace('/', '-')}", {"upstream": h, "export": asdict(p.export)},
-                   lambda d, name=name: export_command(path=root / name, out=d / f"model.{suffix}",
-                                                       format=p.export.format),
-                   done_file=f"model.{suffix}")
-    if p.bench:
-        b = p.bench
-        targets = [run_dir, *(str(root / n) for n in deployables)]
-        r.step("bench", {"upstream": [h_ft, *deployables.values()], "bench": asdict(b)}, lambda d: write_summary(
-            d, "bench", config={"paths": targets, **asdict(b)},
-            metrics={"rows": bench_paths([Path(t) for t in targets], b.backends, b.batch, b.threads)}))
-    if p.report:
-        write_report([root], root / "report.html")
-    return {"out": str(root), "times": r.times, "skipped": r.skipped}
 
 
 def run_command(pipeline: Path = typer.Argument(..., help="Pipeline YAML (see examples/).")) -> None:
     """Run a YAML pipeline: finetune -> quantize/tune -> export -> bench -> report, resuming finished steps."""
+    from finequant.pipeline import load_pipeline, run_pipeline
+
     result = run_pipeline(load_pipeline(pipeline))
     done = ", ".join(f"{k} {v:.0f} s" for k, v in result["times"].items()) or "nothing (all steps unchanged)"
     console.print(f"ran: {done}; report: {Path(result['out']) / 'report.html'}")
 
 
+def demo_command(
+    which: str = typer.Argument("all", help="vision, text or all."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (one sub-folder per step)."),
+) -> None:
+    """Fine-tune the bundled models on the bundled data, quantize them, run int8 on ONNX Runtime,
+    and print one table (accuracy, size, latency, speed-up per variant)."""
+    from finequant.demo import run_demo
+
+    result = run_demo(which, out, report=lambda m: console.print(f"[dim]{m}[/]"))
+    table = Table(title="finequant demo (test split)")
+    for col in ("variant", "backend", "test acc", "size MB", "latency ms (b1)", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(r["variant"], r["backend"], f"{r['accuracy']:.4f}", f"{r['size_bytes'] / 1e6:.2f}",
+                      f"{r['latency_ms']:.2f}" if "latency_ms" in r else "-",
+                      f"{r['speedup']:.2f}x" if "speedup" in r else "-")
+    console.print(table)
+    console.print(f"total {sum(result['times'].values()):.0f} s; summary: {result['summary']}; "
+                  f"report: {result['report']}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
+    app.command("demo")(demo_command)

@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from finequant.report import write_report
-
 console = Console()
 
 
@@ -18,6 +16,8 @@ def report_command(
 ) -> None:
     """Accuracy vs latency and vs size (Pareto), training curves, confusion matrix, sensitivity,
     tuning trials, environment and every variant's config."""
+    from finequant.reporting import write_report
+
     r = write_report(runs, out)
     console.print(f"report: {r['html']} ({r['variants']} variants, {r['images']} plots); markdown: {r['markdown']}")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torchvision import transforms as T
 
+from finequant.catalog import AUGMENTATIONS
 from finequant.errors import ConfigError
 from finequant.models.base import Preprocess
 
-AUGMENTATIONS = ("none", "light", "standard")
 
 
 def _interp(name: str) -> T.InterpolationMode:

@@ -1,13 +1,15 @@
 """Quantization core: schemes, observers, methods and the one-call API."""
 
-from finequant.quant.api import QParams, QuantizedModel, calibrate, prepare, qparams_from_model, quantize, \
-    quantize_inference
-from finequant.quant.config import QuantConfig
-from finequant.quant.methods import METHODS
-from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
-from finequant.quant.observers import OBSERVERS
-from finequant.quant.spec import QuantSpec
+from finequant._lazy import lazy_exports
 
-__all__ = ["METHODS", "OBSERVERS", "SUPPORTED_LAYERS", "LayerQParams", "QParams", "QuantConfig", "QuantLayer",
-           "QuantSpec", "QuantizedModel", "calibrate", "prepare", "qparams_from_model", "quantize",
-           "quantize_inference"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "METHODS": "finequant.catalog", "OBSERVERS": "finequant.catalog", "PTQ_STEPS": "finequant.catalog",
+    "QuantConfig": "finequant.quant.config", "QATConfig": "finequant.quant.config",
+    "QuantSpec": "finequant.quant.spec",
+    "QParams": "finequant.quant.api", "QuantizedModel": "finequant.quant.api", "calibrate": "finequant.quant.api",
+    "prepare": "finequant.quant.api", "qparams_from_model": "finequant.quant.api", "quantize": "finequant.quant.api",
+    "quantize_inference": "finequant.quant.api",
+    "SUPPORTED_LAYERS": "finequant.quant.modules", "LayerQParams": "finequant.quant.modules",
+    "QuantLayer": "finequant.quant.modules",
+    "save_quantized": "finequant.quant.artifact", "load_quantized": "finequant.quant.artifact",
+})

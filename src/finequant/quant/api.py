@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from finequant.errors import FinequantError
+from finequant.errors import ConfigError, FinequantError
 from finequant.models.base import LoadedModel, forward
-from finequant.quant.config import QuantConfig
+from finequant.quant.config import QATConfig, QuantConfig
 from finequant.quant.equalize import ChannelClip
 from finequant.quant.fold import fold_batchnorm
 from finequant.quant.lstm import split_lstms
@@ -118,7 +118,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
     if isinstance(net, (*SUPPORTED_LAYERS, nn.LSTM)):  # a bare layer: give it a parent so it can be wrapped
         net = nn.Sequential(net)
     pairs: list[tuple[str, str]] = []
-    if config.fold_bn and config.method != "qat" and any(isinstance(m, _BatchNorm) for m in net.modules()):
+    if config.fold_bn and not config.info.trained and any(isinstance(m, _BatchNorm) for m in net.modules()):
         if folded is not None or example is not None:
             pairs = fold_batchnorm(net, example, pairs=folded)
         else:
@@ -176,22 +176,35 @@ def calibrate(qm: QuantizedModel, batches: list[Any]) -> int:
 
 
 def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
-             calib_data: Iterable | None = None) -> QuantizedModel:
-    """Quantize a copy of ``model`` per ``config`` (default: static W8A8), calibrating on ``calib_data``."""
+             calib_data: Iterable | None = None, *, train_data: Any = None, qat: QATConfig | None = None
+             ) -> QuantizedModel:
+    """Quantize a copy of ``model`` per ``config`` (default: static W8A8), calibrating on ``calib_data``.
+
+    A method that trains (``qat``) also needs ``train_data`` (a :class:`finequant.data.Splits`) and
+    takes its schedule from ``qat``.
+    """
     config = config or QuantConfig()
+    if config.info.trained:
+        if train_data is None or not isinstance(model, LoadedModel):
+            raise ConfigError(f"method '{config.method}' trains the quantized model: call quantize(loaded_model, "
+                              "config, calib_data, train_data=splits, qat=QATConfig(...)) with the model from "
+                              "load_model() and the train/val splits")
+        from finequant.quant.qat import quantization_aware_training
+
+        return quantization_aware_training(model, train_data, config, qat or QATConfig(), calib_data)[0]
     batches = _batches(calib_data, config.calib_batches)
     example = batches[0] if batches else _synthetic_example(model)
     qm = prepare(model, config, example)
     steps = ordered(config.ptq)
-    for name, step in steps:
-        if step.before_calibration:
-            qm.ptq_report[name] = step.run(qm.model, batches, config)
+    for name, step, info in steps:
+        if info.before_calibration:
+            qm.ptq_report[name] = step(qm.model, batches, config)
     n = calibrate(qm, batches)
     if len(batches) < config.calib_batches and n:
         log.warning("calibrated on %d batch(es), fewer than calib_batches=%d", len(batches), config.calib_batches)
-    for name, step in steps:
-        if not step.before_calibration:
-            qm.ptq_report[name] = step.run(qm.model, batches, config)
+    for name, step, info in steps:
+        if not info.before_calibration:
+            qm.ptq_report[name] = step(qm.model, batches, config)
     return qm
 
 
@@ -207,11 +220,20 @@ def qparams_from_model(model: nn.Module | LoadedModel, calib_data: Iterable | No
                        config: QuantConfig | None = None) -> QParams:
     """Per-layer qparams (scale, zero point, bits, granularity) for ``model``.
 
-    With ``calib_data`` activations get calibrated static ranges; without, they are left dynamic
-    (measured per batch at run time) so no data is needed.
+    With ``calib_data`` every layer gets int8 weights and calibrated static activation ranges (W8A8).
+    Without it, a model of only Linear/Embedding layers gets dynamic int8 (activation ranges measured
+    per batch at run time); a model with convolutions, whose activations need calibrated ranges,
+    gets int8 weights with float activations on every layer, and a warning says so.
     """
     if config is None:
-        config = QuantConfig(method="static" if calib_data is not None else "dynamic")
+        if calib_data is not None:
+            config = QuantConfig(method="static")
+        elif any(isinstance(m, nn.modules.conv._ConvNd) for m in _module(model).modules()):
+            log.warning("qparams_from_model: no calib_data, so activations stay float (weight-only int8 on "
+                        "every layer); pass calib_data=[a few input batches] for static W8A8")
+            config = QuantConfig(method="weight-only")
+        else:
+            config = QuantConfig(method="dynamic")
     return quantize(model, config, calib_data).qparams()
 
 

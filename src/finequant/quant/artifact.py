@@ -102,7 +102,7 @@ def _decode_weight(entry: dict[str, Any], tensors: dict[str, torch.Tensor], name
     return dequantize(codes, q.weight_scale, q.weight_zero_point, spec), q
 
 
-def load_quantized(path: str | Path) -> tuple[LoadedModel, QParams]:
+def load_quantized(path: str | Path, *, trust_remote_code: bool = False) -> tuple[LoadedModel, QParams]:
     """Rebuild a quantized model written by :func:`save_quantized` (the model is ready for inference)."""
     path = Path(path)
     if not (path / QUANT_CONFIG).is_file():
@@ -111,7 +111,7 @@ def load_quantized(path: str | Path) -> tuple[LoadedModel, QParams]:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{path}: quantized format {meta['format_version']} is newer than this finequant")
     tensors = load_file(str(path / QUANT_WEIGHTS))
-    loaded = build_from_config(path)
+    loaded = build_from_config(path, trust_remote_code=trust_remote_code)
     decoded = {name: _decode_weight(entry, tensors, name) for name, entry in meta["layers"].items()}
     qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]],
                       rewrites=meta.get("rewrites", {}))

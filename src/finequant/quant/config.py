@@ -6,63 +6,93 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from finequant.catalog import METHODS, OBSERVERS, PTQ_STEPS
 from finequant.configs import from_mapping
 from finequant.errors import ConfigError
 from finequant.quant.spec import GRANULARITIES, SCHEMES
 
-WEIGHT_OBSERVERS = ("minmax", "mse")
 
-
-@dataclass
+@dataclass(frozen=True)
 class QuantConfig:
     """Defaults give W8A8 static PTQ: int8 per-channel symmetric weights, uint8 per-tensor activations.
 
-    ``ptq`` lists advanced PTQ steps (``cle``, ``adaround``, ``bias-correction``; see
-    :mod:`finequant.quant.ptq`). ``skip`` holds regexes of layer names left in float; ``overrides`` maps a layer-name regex to
-    field changes for those layers (e.g. ``{"blocks\\.0": {"weight_bits": 8}, "head": {"float": True}}``).
+    ``overrides`` maps a layer-name regex to field changes for those layers (e.g.
+    ``{"blocks\\.0": {"weight_bits": 8}, "head": {"float": True}}``).
     """
 
     method: str = "static"
+    """Quantization method (see `finequant list methods`)."""
     weight_bits: int = 8
+    """Weight bits (2-16)."""
     act_bits: int = 8
+    """Activation bits (static, dynamic and qat)."""
     granularity: str = "per-channel"
+    """Weight granularity: per-tensor, per-channel or per-group."""
     group_size: int = 128
-    scheme: str = "affine"
+    """Inputs per group for per-group weights."""
+    scheme: str | None = None
+    """Weight scheme: affine, pow2 or kmeans (default: the method's own)."""
     observer: str = "minmax"
+    """Activation range observer (calibrated methods)."""
     weight_observer: str = "minmax"
+    """Weight range rule: minmax or mse."""
     act_symmetric: bool = False
+    """Symmetric int8 activations instead of asymmetric uint8."""
+    reduce_range: bool | None = None
+    """7-bit weights for int8 kernels that saturate (AVX2 CPUs without VNNI); default: decided from this CPU."""
     calib_batches: int = 16
+    """Calibration batches."""
     fold_bn: bool = True
+    """Fold BatchNorm into the preceding convolution before quantizing."""
     ptq: list[str] = field(default_factory=list)
+    """Advanced PTQ steps to run (repeatable): cle, adaround, bias-correction."""
     adaround_iterations: int = 400
+    """AdaRound: optimization steps per layer."""
     skip: list[str] = field(default_factory=list)
+    """Regex of layer names kept in float (repeatable)."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Layer-name regex -> field changes for those layers (mixed precision)."""
     seed: int = 0
+    """Random seed (observers' samples, AdaRound)."""
 
     def __post_init__(self) -> None:
-        from finequant.quant.methods import METHODS
-        from finequant.quant.observers import OBSERVERS
-
         if self.method not in METHODS:
             raise ConfigError(f"method: {METHODS.unknown_message(self.method)}")
-        if self.observer not in OBSERVERS:
-            raise ConfigError(f"observer: {OBSERVERS.unknown_message(self.observer)}")
-        if self.weight_observer not in WEIGHT_OBSERVERS:
-            raise ConfigError(f"weight_observer={self.weight_observer!r}: allowed {', '.join(WEIGHT_OBSERVERS)}")
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(f"granularity={self.granularity!r}: allowed {', '.join(GRANULARITIES)}")
+        info = METHODS.info(self.method)
+        if self.scheme is None:
+            object.__setattr__(self, "scheme", info.schemes[0])
+        if self.reduce_range is None:
+            from finequant.cpu import has_vnni
+
+            object.__setattr__(self, "reduce_range", info.exporter == "onnx-qdq" and not has_vnni())
         if self.scheme not in SCHEMES:
             raise ConfigError(f"scheme={self.scheme!r}: allowed {', '.join(SCHEMES)}")
+        if self.scheme not in info.schemes:
+            raise ConfigError(f"scheme={self.scheme!r} does not go with method={self.method!r}, which takes "
+                              f"{', '.join(info.schemes)}; drop scheme or pick another method")
+        if self.observer not in OBSERVERS:
+            raise ConfigError(f"observer: {OBSERVERS.unknown_message(self.observer)}")
+        if self.observer != "minmax" and not info.calibrated:
+            raise ConfigError(f"observer={self.observer!r} has no effect with method={self.method!r} (it calibrates "
+                              "no activation ranges); drop observer or use method 'static'")
+        weight_observers = [n for n in OBSERVERS if OBSERVERS.info(n).weights]
+        if self.weight_observer not in weight_observers:
+            raise ConfigError(f"weight_observer={self.weight_observer!r}: allowed {', '.join(weight_observers)}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"granularity={self.granularity!r}: allowed {', '.join(GRANULARITIES)}")
         for key in ("weight_bits", "act_bits"):
             if not 2 <= getattr(self, key) <= 16:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 2 and 16")
-        from finequant.quant.ptq import PTQ_STEPS
-
         for step in self.ptq:
             if step not in PTQ_STEPS:
                 raise ConfigError(f"ptq: {PTQ_STEPS.unknown_message(step)}")
-        if self.calib_batches < 1:
-            raise ConfigError(f"calib_batches={self.calib_batches} must be >= 1")
+        positive = {"calib_batches": self.calib_batches, "group_size": self.group_size,
+                    "adaround_iterations": self.adaround_iterations}
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} must be >= 0")
         known = {f.name for f in fields(self)} | {"float"}
         for pattern, change in self.overrides.items():
             _compile(pattern, "overrides")
@@ -71,6 +101,11 @@ class QuantConfig:
                 raise ConfigError(f"overrides[{pattern!r}]: unknown key(s) {sorted(bad)}")
         for pattern in self.skip:
             _compile(pattern, "skip")
+
+    @property
+    def info(self) -> Any:
+        """What the method needs and how it ships (:class:`finequant.catalog.MethodInfo`)."""
+        return METHODS.info(self.method)
 
     def for_layer(self, name: str) -> QuantConfig | None:
         """The config that applies to one layer, or None when it stays in float."""
@@ -88,6 +123,31 @@ class QuantConfig:
     def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
         """Build from a mapping (YAML/JSON), rejecting unknown keys by name."""
         return from_mapping(cls, d, "quantize")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """The training schedule of quantization-aware training (method ``qat``)."""
+
+    epochs: int = 3
+    """QAT: training epochs."""
+    lr: float = 1e-4
+    """QAT: learning rate."""
+    distill: float = 0.5
+    """QAT: weight of distillation from the float model (0 = labels only)."""
+    batch_size: int = 64
+    """QAT: batch size."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError(f"QAT needs epochs >= 1, lr > 0 and batch_size >= 1 (got epochs={self.epochs}, "
+                              f"lr={self.lr}, batch_size={self.batch_size})")
+        if not 0 <= self.distill <= 1:
+            raise ConfigError(f"distill={self.distill} must be in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QATConfig:
+        return from_mapping(cls, d, "qat")
 
 
 def _compile(pattern: str, key: str) -> re.Pattern:

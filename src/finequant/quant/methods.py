@@ -1,7 +1,7 @@
 """Quantization methods: each decides, per layer, the weight scheme and how inputs are quantized.
 
 A method returns a :class:`LayerPlan`, or a string saying why the layer stays in float. Adding a
-method is one function and one ``METHODS.register`` entry.
+method is one function here and one entry in :mod:`finequant.catalog`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from finequant.quant.config import QuantConfig
 from finequant.quant.modules import ActMode
 from finequant.quant.spec import QuantSpec
-from finequant.registry import Registry
+from finequant.catalog import METHODS  # noqa: F401  (the registry of these functions)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ class LayerPlan:
 
 
 MethodFn = Callable[[nn.Module, QuantConfig], "LayerPlan | str"]
-METHODS: Registry[MethodFn] = Registry("quantization method")
 
 
 def weight_spec(layer: nn.Module, cfg: QuantConfig, scheme: str | None = None) -> QuantSpec:
@@ -38,7 +37,8 @@ def weight_spec(layer: nn.Module, cfg: QuantConfig, scheme: str | None = None) -
         log.info("%s: %d inputs per channel do not divide by group_size=%d; using per-channel",
                  type(layer).__name__, layer.weight[0].numel(), cfg.group_size)
         granularity = "per-channel"
-    return QuantSpec(scheme=scheme or cfg.scheme, bits=cfg.weight_bits, symmetric=True, signed=True,
+    bits = 7 if cfg.reduce_range and cfg.weight_bits == 8 else cfg.weight_bits  # see finequant.cpu
+    return QuantSpec(scheme=scheme or cfg.scheme, bits=bits, symmetric=True, signed=True,
                      granularity=granularity, axis=0, group_size=cfg.group_size)
 
 
@@ -49,19 +49,16 @@ def act_spec(cfg: QuantConfig) -> QuantSpec:
                      granularity="per-tensor")
 
 
-@METHODS.register("static", "W8A8: calibrated activation ranges, per-channel int8 weights")
 def static(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
     if isinstance(layer, nn.Embedding):
         return LayerPlan(weight_spec(layer, cfg))
     return LayerPlan(weight_spec(layer, cfg), "static", act_spec(cfg))
 
 
-@METHODS.register("qat", "quantization-aware training: static W/A fake quant trained with STE")
 def qat(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
     return static(layer, cfg)
 
 
-@METHODS.register("dynamic", "int8 weights, activation ranges measured per batch at run time (Linear)")
 def dynamic(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
     if isinstance(layer, nn.Embedding):
         return LayerPlan(weight_spec(layer, cfg))
@@ -70,7 +67,6 @@ def dynamic(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
     return "dynamic quantization covers Linear and Embedding layers; use 'static' for convolutions"
 
 
-@METHODS.register("weight-only", "quantized weights (int8, or int4 per-group), float activations")
 def weight_only(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
     return LayerPlan(weight_spec(layer, cfg))
 
@@ -84,12 +80,10 @@ def _cast(dtype: str) -> MethodFn:
     return plan
 
 
-METHODS.register("fp16", "half-precision weights and activations")(_cast("fp16"))
-METHODS.register("bf16", "bfloat16 weights and activations")(_cast("bf16"))
+fp16 = _cast("fp16")
+bf16 = _cast("bf16")
 
 
-@METHODS.register("nonlinear", "power-of-two (log) or k-means codebook weights, float activations")
 def nonlinear(layer: nn.Module, cfg: QuantConfig) -> LayerPlan | str:
-    scheme = cfg.scheme if cfg.scheme in ("pow2", "kmeans") else "pow2"
     granularity = "per-tensor" if cfg.granularity == "per-tensor" else "per-channel"
-    return LayerPlan(QuantSpec(scheme=scheme, bits=cfg.weight_bits, granularity=granularity))
+    return LayerPlan(QuantSpec(scheme=cfg.scheme, bits=cfg.weight_bits, granularity=granularity))

@@ -18,7 +18,7 @@ from torch.func import functional_call
 from finequant.quant.affine import dequantize, fake_quantize, minmax_of, qparams, quantize
 from finequant.quant.nonlinear import kmeans_assign, kmeans_codebook, kmeans_dequantize, pow2_dequantize, \
     pow2_quantize
-from finequant.quant.observers import OBSERVERS, MSEObserver, Observer
+from finequant.quant.observers import OBSERVERS, Observer
 from finequant.quant.spec import QuantSpec
 
 # One source of truth for what can be quantized: layers with a weight that a kernel multiplies.
@@ -102,7 +102,7 @@ class QuantLayer(nn.Module):
         elif spec.scheme == "kmeans":
             _, self.codebook = kmeans_codebook(w, spec.bits, per_channel)
         else:
-            obs = (MSEObserver if self.weight_observer == "mse" else OBSERVERS.get("minmax"))(spec)
+            obs = OBSERVERS.get(self.weight_observer)(spec)
             obs.observe(w)
             scale, zp = obs.qparams()
             if isinstance(self.weight_scale, nn.Parameter):  # learnable (LSQ): keep the parameter object

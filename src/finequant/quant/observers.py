@@ -12,7 +12,7 @@ import torch
 
 from finequant.quant.affine import fake_quantize, grouped, qparams
 from finequant.quant.spec import QuantSpec
-from finequant.registry import Registry
+from finequant.catalog import OBSERVERS  # noqa: F401  (the registry of these classes)
 
 MAX_SAMPLES_PER_CHANNEL = 1 << 18
 
@@ -59,15 +59,10 @@ class Observer:
         return qparams(lo.reshape(self._qshape), hi.reshape(self._qshape), self.spec)
 
 
-OBSERVERS: Registry[type[Observer]] = Registry("observer")
-
-
-@OBSERVERS.register("minmax", "running min and max (exact range, sensitive to outliers)")
 class MinMaxObserver(Observer):
     pass
 
 
-@OBSERVERS.register("moving-average", "exponential moving average of per-batch min and max")
 class MovingAverageObserver(Observer):
     def __init__(self, spec: QuantSpec, seed: int = 0, momentum: float = 0.1) -> None:
         super().__init__(spec, seed)
@@ -83,7 +78,6 @@ class MovingAverageObserver(Observer):
             self.hi = self.hi + self.momentum * (hi - self.hi)
 
 
-@OBSERVERS.register("percentile", "clip to the 99.99th percentile of |x| (or of each tail if asymmetric)")
 class PercentileObserver(Observer):
     keeps_sample = True
 
@@ -99,7 +93,6 @@ class PercentileObserver(Observer):
         return torch.quantile(s, 1 - self.q, dim=1), torch.quantile(s, self.q, dim=1)
 
 
-@OBSERVERS.register("mse", "clipping range that minimizes the mean squared quantization error")
 class MSEObserver(Observer):
     keeps_sample = True
     ratios = torch.linspace(0.3, 1.0, 71)
@@ -122,7 +115,6 @@ class MSEObserver(Observer):
         return best_lo, best_hi
 
 
-@OBSERVERS.register("entropy", "TensorRT-style KL-divergence threshold on a 2048-bin histogram of |x|")
 class EntropyObserver(Observer):
     keeps_sample = True
     bins = 2048

@@ -15,15 +15,22 @@ from dataclasses import replace
 from finequant.data.base import Splits
 from finequant.models.base import LoadedModel
 from finequant.quant.api import QuantizedModel, _batches, calibrate, prepare
-from finequant.quant.config import QuantConfig
+from finequant.quant.config import QATConfig, QuantConfig
 from finequant.quant.fold import fold_batchnorm
 from finequant.train import FinetuneConfig, FinetuneResult, finetune
 
 log = logging.getLogger(__name__)
 
 
+def training_config(qat: QATConfig, seed: int = 0) -> FinetuneConfig:
+    """The fine-tuning config QAT runs: one LR for all layers, BatchNorm statistics kept (the model
+    was fine-tuned with them), distillation from the float model."""
+    return FinetuneConfig(epochs=qat.epochs, lr=qat.lr, lr_mult=1.0, distill_weight=qat.distill,
+                          batch_size=qat.batch_size, seed=seed, freeze_bn_stats=True)
+
+
 def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: QuantConfig,
-                                ftcfg: FinetuneConfig, calib_data: Iterable, *, distill: bool = True,
+                                ftcfg: FinetuneConfig | QATConfig, calib_data: Iterable, *, distill: bool = True,
                                 freeze_frac: float = 0.3) -> tuple[QuantizedModel, FinetuneResult]:
     """QAT of a float model: returns the converted quantized model and the last training result.
 
@@ -32,6 +39,8 @@ def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: Quant
     training statistics); else they train in the early phase and freeze for the last part.
     Weights use min-max ranges: they are re-measured every step, and conversion must use the same rule.
     """
+    if isinstance(ftcfg, QATConfig):
+        ftcfg = training_config(ftcfg, qcfg.seed)
     if qcfg.weight_observer != "minmax":
         log.info("QAT uses min-max weight ranges (re-measured every step); ignoring weight_observer=%s",
                  qcfg.weight_observer)

@@ -18,6 +18,11 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    return _status_kb("VmHWM") / 1024
+
+
 def reset_peak_rss() -> None:
     """Reset the kernel's peak-RSS counter for this process (Linux); a no-op elsewhere."""
     try:
@@ -41,7 +46,7 @@ def measure(runner: Runner, example: Batch, *, warmup: int = 5, repeats: int = 3
         times.append(time.perf_counter() - t0)
         if len(times) >= 10 * repeats:
             break
-    return {**_stats(times, batch_size(example)), "peak_rss_mb": _status_kb("VmHWM") / 1024,
+    return {**_stats(times, batch_size(example)), "peak_rss_mb": peak_rss_mb(),
             "rss_growth_mb": (_status_kb("VmRSS") - rss_before) / 1024}
 
 

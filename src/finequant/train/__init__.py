@@ -1,7 +1,9 @@
 """Transfer learning: strategies, the fine-tuning loop, checkpoints and DDP."""
 
-from finequant.train.config import FinetuneConfig
-from finequant.train.loop import FinetuneResult, TrainingDiverged, evaluate, finetune
-from finequant.train.strategies import STRATEGIES
+from finequant._lazy import lazy_exports
 
-__all__ = ["STRATEGIES", "FinetuneConfig", "FinetuneResult", "TrainingDiverged", "evaluate", "finetune"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "STRATEGIES": "finequant.catalog", "FinetuneConfig": "finequant.train.config",
+    "FinetuneResult": "finequant.train.loop", "TrainingDiverged": "finequant.train.loop",
+    "evaluate": "finequant.train.loop", "finetune": "finequant.train.loop",
+})

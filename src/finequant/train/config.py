@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finequant.catalog import AUGMENTATIONS, STRATEGIES
 from finequant.configs import from_mapping
 from finequant.errors import ConfigError
 
@@ -18,7 +19,7 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(allowed)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     """How to fine-tune. ``lr`` is the head's learning rate; the body gets ``lr / lr_mult``.
 
@@ -29,38 +30,63 @@ class FinetuneConfig:
     """
 
     strategy: str = "lp-ft"
+    """Fine-tuning strategy (see `finequant list strategies`)."""
     epochs: int = 4
+    """Training epochs, all phases together."""
     batch_size: int = 64
+    """Global batch size (split across torchrun processes)."""
     lr: float = 1e-3
+    """Head learning rate."""
     lr_mult: float = 10.0
+    """Body LR = lr / lr_mult (discriminative learning rates)."""
     weight_decay: float = 0.01
+    """AdamW weight decay (not on norms and biases)."""
     schedule: str = "cosine"
+    """LR schedule: cosine, onecycle or constant."""
     warmup_frac: float = 0.05
+    """Fraction of steps with linear LR warm-up."""
     label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy."""
     l1: float = 0.0
+    """L1 penalty on trainable weights."""
     l2sp: float = 0.0
+    """L2-SP penalty toward the pretrained weights."""
     freeze_blocks: int = 0
+    """partial: freeze the first N blocks."""
     freeze_patterns: list[str] = field(default_factory=list)
+    """partial: freeze parameters matching this regex (repeatable)."""
     lp_epochs: int | None = None
+    """lp-ft: epochs of head-only training (default half)."""
     ft_lr_scale: float = 0.5
+    """lp-ft: LR scale of the full fine-tuning phase."""
     train_bn: bool = False
+    """Update BatchNorm statistics of frozen layers too."""
     freeze_bn_stats: bool = False
+    """Keep all BatchNorm statistics at pretrained values."""
     augment: str = "none"
+    """Augmentation preset: none, light or standard."""
     class_weights: str = "none"
+    """Loss weights per class: none or balanced."""
     sampler: str = "shuffle"
+    """Batch sampler: shuffle or balanced."""
     early_stopping: int | None = None
+    """Stop after N epochs without validation improvement."""
     feature_cache: bool = True
+    """Cache frozen-body features for head-only epochs."""
     image_size: int | None = None
+    """Input size in px (default: the model's)."""
     max_grad_norm: float | None = 5.0
+    """Clip gradients to this norm (none: no clipping)."""
     distill_weight: float = 0.5
+    """Weight of distillation from a teacher's logits (QAT)."""
     distill_temperature: float = 2.0
+    """Distillation temperature."""
     seed: int = 0
+    """Random seed (splits, head init, order)."""
     num_workers: int = 0
+    """DataLoader worker processes."""
 
     def __post_init__(self) -> None:
-        from finequant.data.transforms import AUGMENTATIONS
-        from finequant.train.strategies import STRATEGIES
-
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy: {STRATEGIES.unknown_message(self.strategy)}")
         _choice("schedule", self.schedule, SCHEDULES)
@@ -71,7 +97,8 @@ class FinetuneConfig:
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{key}={value!r} must be > 0")
-        for key in ("weight_decay", "l1", "l2sp", "label_smoothing", "warmup_frac", "freeze_blocks"):
+        for key in ("weight_decay", "l1", "l2sp", "label_smoothing", "warmup_frac", "freeze_blocks", "seed",
+                    "num_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0")
         if not 0 <= self.distill_weight <= 1 or self.distill_temperature <= 0:

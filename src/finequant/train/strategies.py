@@ -1,7 +1,7 @@
 """Fine-tuning strategies: each turns a model and a config into phases of trainable parameter sets.
 
 A phase is a number of epochs with a set of trainable parameter names and an LR scale. Adding a
-strategy is one function and one ``STRATEGIES.register`` entry.
+strategy is one function here and one entry in :mod:`finequant.catalog`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from finequant.errors import ConfigError
 from finequant.models.base import LoadedModel
-from finequant.registry import Registry
+from finequant.catalog import STRATEGIES  # noqa: F401  (the registry of these functions)
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,6 @@ class Phase:
 
 
 PlanFn = Callable[[LoadedModel, "FinetuneConfig"], list[Phase]]  # noqa: F821
-STRATEGIES: Registry[PlanFn] = Registry("fine-tuning strategy")
 
 
 def head_names(loaded: LoadedModel) -> frozenset[str]:
@@ -56,17 +55,14 @@ def _all(loaded: LoadedModel) -> frozenset[str]:
     return frozenset(n for n, _ in loaded.model.named_parameters())
 
 
-@STRATEGIES.register("full", "train every parameter (body at lr/lr_mult)")
 def full(loaded: LoadedModel, cfg) -> list[Phase]:
     return [Phase("full", cfg.epochs, _all(loaded))]
 
 
-@STRATEGIES.register("last-layer", "train only the new head (feature cache when no augmentation)")
 def last_layer(loaded: LoadedModel, cfg) -> list[Phase]:
     return [Phase("head", cfg.epochs, head_names(loaded))]
 
 
-@STRATEGIES.register("partial", "freeze the first freeze_blocks blocks and/or names matching freeze_patterns")
 def partial(loaded: LoadedModel, cfg) -> list[Phase]:
     groups = block_groups(loaded.model, head_names(loaded))
     if cfg.freeze_blocks > len(groups):
@@ -82,7 +78,6 @@ def partial(loaded: LoadedModel, cfg) -> list[Phase]:
     return [Phase("partial", cfg.epochs, _all(loaded) - frozen)]
 
 
-@STRATEGIES.register("gradual", "head first, then unfreeze blocks from the top each epoch (ULMFiT)")
 def gradual(loaded: LoadedModel, cfg) -> list[Phase]:
     head = head_names(loaded)
     groups = block_groups(loaded.model, head)
@@ -97,7 +92,6 @@ def gradual(loaded: LoadedModel, cfg) -> list[Phase]:
     return phases
 
 
-@STRATEGIES.register("lp-ft", "linear probe (head only), then fine-tune all at a lower LR (default)")
 def lp_ft(loaded: LoadedModel, cfg) -> list[Phase]:
     if cfg.epochs < 2:
         return [Phase("head", cfg.epochs, head_names(loaded))]

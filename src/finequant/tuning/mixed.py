@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from finequant.errors import ConfigError
 from finequant.quant.config import QuantConfig
-from finequant.tune.sensitivity import Sensitivity
+from finequant.tuning.sensitivity import Sensitivity
 
 FLOAT = 32  # the "keep in float" option, priced at 32 bits per weight
 

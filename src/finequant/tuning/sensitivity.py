@@ -2,7 +2,7 @@
 
 For each quantizable layer and candidate weight bit width, quantize only that layer (everything
 else float) and measure the logit SQNR against the float model and the accuracy change on a
-validation set. The table drives mixed precision (:mod:`finequant.tune.mixed`).
+validation set. The table drives mixed precision (:mod:`finequant.tuning.mixed`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finequant.io import atomic_write_bytes, atomic_write_text
-from finequant.report.collect import Collected, Variant, collect
+from finequant.reporting.collect import Collected, Variant, collect
 
 CSS = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

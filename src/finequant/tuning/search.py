@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from finequant.errors import ConfigError
+from finequant.catalog import METHODS
 from finequant.io import cached_json
-from finequant.models.base import forward
+from finequant.models.base import LoadedModel
+from finequant.pareto import pareto_front
 from finequant.quant.api import QuantizedModel
 from finequant.quant.config import QuantConfig
-from finequant.tune.mixed import FLOAT, choose_bits, mixed_config
-from finequant.tune.sensitivity import Sensitivity
-
-OBJECTIVES = ("latency", "size")
-
+from finequant.tuning.mixed import FLOAT, choose_bits, mixed_config
+from finequant.tuning.sensitivity import Sensitivity
 
 @dataclass(frozen=True)
 class Trial:
@@ -51,11 +45,9 @@ def candidates(objective: str, table: list[Sensitivity], max_drop: float,
     size: mixed 4/8-bit weights chosen by the solver at shrinking predicted budgets, 4-bit AdaRound,
     then the latency list.
     """
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"objective={objective!r}: allowed {', '.join(OBJECTIVES)}")
     base = base or QuantConfig()
     method = base.method
-    calibrated = method in ("static", "qat")
+    calibrated = METHODS.info(method).calibrated
     per_channel = replace(base, granularity="per-channel", weight_bits=8)
     # Per-channel weights cost nothing at run time on ORT/OpenVINO (measured: 0.78 vs 0.80 ms per-tensor
     # on EfficientNet-Lite0), while CLE's per-channel clips add float Min ops (0.90 ms): so per-channel
@@ -96,59 +88,36 @@ def config_key(config: QuantConfig, context: dict[str, Any] | None = None) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pareto_front(trials: list[dict[str, Any]], keys: tuple[str, ...] = ("val_accuracy", "latency_ms",
-                                                                         "packed_bytes")) -> list[str]:
-    """Names of trials no other trial beats on every key (accuracy higher, others lower)."""
-    def better_or_equal(a: dict, b: dict) -> bool:
-        return all((a[k] >= b[k]) if k == "val_accuracy" else (a[k] <= b[k]) for k in keys)
-
-    front = []
-    for t in trials:
-        dominated = any(better_or_equal(o, t) and any(o[k] != t[k] for k in keys) for o in trials if o is not t)
-        if not dominated:
-            front.append(t["name"])
-    return front
+def trials_front(trials: list[dict[str, Any]]) -> list[str]:
+    """Names of the trials on the Pareto front of accuracy (higher), latency and size (lower)."""
+    goals = {"val_accuracy": "max", "latency_ms": "min", "packed_bytes": "min"}
+    return [trials[i]["name"] for i in pareto_front(trials, goals)]
 
 
-def latency_ms(qm: QuantizedModel, example: torch.Tensor | dict[str, torch.Tensor], backend: str,
-               repeats: int = 20) -> float:
-    """Median latency of the quantized model on ``example`` on ``backend`` (``onnxruntime``: the int8
-    QDQ export of an image model; ``torch-sim``: the simulation, image or text)."""
-    from finequant.runtime.backends import Runner, to_numpy
+def latency_ms(qm: QuantizedModel, loaded: LoadedModel, example: Any, backend: str, repeats: int = 20) -> float:
+    """Median latency of the quantized model on ``example`` on ``backend``, opened through the backend
+    registry like any saved model (so every backend that runs the model can time tune's trials)."""
+    from finequant.runtime.backends import open_runner, to_numpy
     from finequant.runtime.bench import measure
 
-    if backend == "onnxruntime":
-        from finequant.runtime.onnx_qdq import export_qdq
-        from finequant.runtime.ort import run as ort_run
-        from finequant.runtime.ort import session
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "trial.onnx"
-            export_qdq(qm, example, path)
-            sess = session(path)
-            runner = Runner("onnxruntime", lambda x: ort_run(sess, x), path)
-            return measure(runner, example.numpy(), warmup=3, repeats=repeats, min_seconds=0.3)["p50_ms"]
-    if backend != "torch-sim":
-        raise ConfigError(f"tune measures latency on 'onnxruntime' or 'torch-sim', not {backend!r}")
-
-    def predict(_: Any) -> np.ndarray:
-        with torch.inference_mode():
-            return forward(qm.model, example).numpy()
-
-    return measure(Runner("torch-sim", predict, None), to_numpy(example), warmup=2, repeats=repeats,
-                   min_seconds=0.3)["p50_ms"]
+    with open_runner(qm, backend, loaded=loaded) as runner:
+        return measure(runner, to_numpy(example), warmup=3, repeats=repeats, min_seconds=0.3)["p50_ms"]
 
 
 def search(trials: list[Trial], evaluate: Callable[[Trial], dict[str, Any]], *, within_budget: Callable[
-        [dict[str, Any]], bool], budget_trials: int, cache_dir: Path, context: dict[str, Any],
+        [dict[str, Any]], bool], budget_trials: int, cache_dir: Path | None, context: dict[str, Any],
            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run trials in order (cached results are reused) until one is within budget or
+    """Run trials in order (results cached in ``cache_dir`` are reused) until one is within budget or
     ``budget_trials`` have run. ``evaluate`` returns the trial's metrics."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
     done: list[dict[str, Any]] = []
     for trial in trials[:budget_trials]:
-        result, hit = cached_json(cache_dir / f"{config_key(trial.config, context)}.json",
-                                  lambda: {"name": trial.name, "config": asdict(trial.config), **evaluate(trial)})
+        def run() -> dict[str, Any]:
+            return {"name": trial.name, "config": asdict(trial.config), **evaluate(trial)}
+
+        if cache_dir is None:
+            result, hit = run(), False
+        else:
+            result, hit = cached_json(cache_dir / f"{config_key(trial.config, context)}.json", run)
         if hit:
             log(f"trial {len(done) + 1} (cached): {trial.name}")
         result["within_budget"] = within_budget(result)

@@ -1,0 +1,85 @@
+"""``Run``: a run folder (finetune, quantize, tune output) and what it tells later steps.
+
+A finetune run records the model and data specs and the exact split settings; quantize and tune runs
+record their source run (an absolute path). ``Run.open(path).splits()`` rebuilds the very splits the
+fine-tune used, so later steps evaluate on its test split wherever they are started from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finequant.errors import ModelError, SpecError
+from finequant.summary import SUMMARY
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict[str, Any]
+    _seen: tuple[Path, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path: str | Path, _seen: tuple[Path, ...] = ()) -> Run:
+        path = Path(path).resolve()
+        file = path / SUMMARY
+        if not file.is_file():
+            raise ModelError(f"{path} is not a finequant run folder ({SUMMARY} is missing)")
+        try:
+            summary = json.loads(file.read_text())
+            if not isinstance(summary, dict) or not isinstance(summary.get("config") or {}, dict):
+                raise ValueError("expected an object with a 'config' object")
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{file} is damaged ({e}); rerun the step that wrote it") from e
+        if path in _seen:
+            raise ModelError(f"{file}: its source chain loops back to {path}; rerun the step that wrote it")
+        return cls(path, summary, (*_seen, path))
+
+    @property
+    def command(self) -> str:
+        return str(self.summary.get("command", ""))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.summary.get("config") or {}
+
+    def source(self) -> Run | None:
+        """The run this one was made from (quantize/tune -> finetune), or None."""
+        src = self.config.get("source")
+        if not src or not isinstance(src, str):
+            return None
+        if not (Path(src) / SUMMARY).is_file():
+            return None  # a model folder or spec, not a run
+        return Run.open(src, self._seen)
+
+    def origin(self) -> Run:
+        """The finetune run at the start of the source chain (or this run)."""
+        run = self
+        while "finetune" not in run.config and (src := run.source()) is not None:
+            run = src
+        return run
+
+    def data_spec(self, override: str | None = None) -> str:
+        spec = override or self.config.get("data") or self.origin().config.get("data")
+        if not spec or not isinstance(spec, str):
+            raise SpecError(f"{self.path} records no data set: pass data=SPEC (--data)")
+        return spec
+
+    def seed(self) -> int:
+        return int((self.origin().config.get("finetune") or {}).get("seed", 0))
+
+    def splits(self, data: str | None = None) -> Any:
+        """The exact train/val/test splits the fine-tune used (same spec, seed, fractions, subset)."""
+        from finequant.data import load_data, stratified_split
+
+        ft = self.origin().config
+        return stratified_split(load_data(self.data_spec(data)), val_frac=ft.get("val_frac", 0.1),
+                                test_frac=ft.get("test_frac", 0.2), seed=self.seed(),
+                                max_samples=ft.get("max_samples"))
+
+    def model_folder(self) -> Path:
+        """Where the model lives: ``RUN/model`` for a finetune run, the folder itself for quantize/tune."""
+        return self.path / "model" if (self.path / "model" / "model.json").is_file() else self.path
