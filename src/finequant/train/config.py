@@ -73,6 +73,8 @@ class FinetuneConfig:
     """Stop after N epochs without validation improvement."""
     feature_cache: bool = True
     """Cache frozen-body features for head-only epochs."""
+    probe: str = "lbfgs"
+    """Head-only phases on cached features: lbfgs (fit to convergence, L2 chosen on val) or sgd (epochs of AdamW)."""
     image_size: int | None = None
     """Input size in px (default: the model's)."""
     max_grad_norm: float | None = 5.0
@@ -93,6 +95,7 @@ class FinetuneConfig:
         _choice("augment", self.augment, AUGMENTATIONS)
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("sampler", self.sampler, SAMPLERS)
+        _choice("probe", self.probe, ("lbfgs", "sgd"))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "lr_mult": self.lr_mult}
         for key, value in positive.items():
             if not value > 0:

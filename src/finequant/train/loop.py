@@ -29,6 +29,7 @@ from finequant.train.checkpoint import load_checkpoint, save_checkpoint
 from finequant.train.config import FinetuneConfig
 from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from finequant.train.metrics import confusion, metrics_from_confusion
+from finequant.train.probe import fit_linear_probe
 from finequant.train.strategies import STRATEGIES, Phase, head_names
 
 log = logging.getLogger(__name__)
@@ -272,38 +273,46 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
         # again every epoch: evaluate() put the whole model back in train mode, frozen BN included
         set_trainable(model, phase.trainable, head, cfg.train_bn, cfg.freeze_bn_stats)
 
+        probe = use_cache and cfg.probe == "lbfgs"
+        if probe and any(h.get("probe_l2") is not None and h["phase"] == phase.name for h in history):
+            continue  # the head was solved to convergence in this phase's first epoch: nothing left to do
         t0 = time.perf_counter()
-        ds = cache["train"] if use_cache else train_set
-        loader = _loader(ds, cfg, batch, None if use_cache else collate,
-                         _train_sampler(ds, labels, cfg, info, epoch))
-        loss_sum, n_seen = 0.0, 0
-        with Progress(transient=True, disable=not info.is_main) as bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(loader))
-            for step, (inputs, y) in enumerate(loader):
-                inputs, y = to_device(inputs, device), y.to(device)
-                logits = forward(train_module, inputs)
-                loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(device),
-                                       label_smoothing=cfg.label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = forward(teacher, inputs)
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(
-                        logits, soft, cfg.distill_temperature)
-                total = loss + regularization(model, phase.trainable, cfg, pretrained)
-                if not torch.isfinite(total):
-                    raise TrainingDiverged(
-                        f"loss is {total.item()} at epoch {epoch + 1}, batch {step}; the last good checkpoint "
-                        f"(epoch {epoch}) is kept. Lower --lr, enable gradient clipping or check the data.")
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                   cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(y)
-                n_seen += len(y)
-                bar.advance(task)
+        probe_l2 = None
+        if probe:
+            fit = fit_linear_probe(head_module, cache["train"].tensors, cache["val"].tensors, weight)
+            loss_sum, n_seen, probe_l2 = fit.train_loss, 1, fit.l2
+        else:
+            ds = cache["train"] if use_cache else train_set
+            loader = _loader(ds, cfg, batch, None if use_cache else collate,
+                             _train_sampler(ds, labels, cfg, info, epoch))
+            loss_sum, n_seen = 0.0, 0
+            with Progress(transient=True, disable=not info.is_main) as bar:
+                task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(loader))
+                for step, (inputs, y) in enumerate(loader):
+                    inputs, y = to_device(inputs, device), y.to(device)
+                    logits = forward(train_module, inputs)
+                    loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(device),
+                                           label_smoothing=cfg.label_smoothing)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            soft = forward(teacher, inputs)
+                        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(
+                            logits, soft, cfg.distill_temperature)
+                    total = loss + regularization(model, phase.trainable, cfg, pretrained)
+                    if not torch.isfinite(total):
+                        raise TrainingDiverged(
+                            f"loss is {total.item()} at epoch {epoch + 1}, batch {step}; the last good checkpoint "
+                            f"(epoch {epoch}) is kept. Lower --lr, enable gradient clipping or check the data.")
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    loss_sum += loss.item() * len(y)
+                    n_seen += len(y)
+                    bar.advance(task)
         train_loss = all_reduce_sum(torch.tensor([loss_sum, n_seen], dtype=torch.float64), info)
         epoch_time = time.perf_counter() - t0
 
@@ -313,7 +322,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
             val = evaluate(model, _loader(_shard(val_set, info), cfg, 256, collate), len(classes), device, info)
         record = {"epoch": epoch + 1, "phase": phase.name, "train_loss": float(train_loss[0] / train_loss[1]),
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                  "epoch_time_s": epoch_time, "cached": use_cache}
+                  "epoch_time_s": epoch_time, "cached": use_cache, "probe_l2": probe_l2}
         history.append(record)
         if info.is_main:
             log.info("epoch %d/%d [%s] train_loss %.4f val_acc %.4f (%.1fs%s)", epoch + 1, cfg.epochs, phase.name,
