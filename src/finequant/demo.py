@@ -70,7 +70,7 @@ def demo_one(name: str, out: Path, steps: Steps) -> list[dict[str, Any]]:
         q = steps.run(f"{name}: quantize {label}", quantize_run, str(run_dir), qcfg, qdir)
         rows.append({"variant": f"{name} {label}", "accuracy": q["metrics"]["quantized"]["accuracy"],
                      "size_bytes": q["sizes"]["artifact_bytes"], "backend": "torch-sim", "path": str(qdir),
-                     "int8": qcfg.info.exporter is not None})
+                     "int8": qcfg.info.exporter is not None, "reduce_range": qcfg.reduce_range})
     if d["tune"] is not None:  # the fastest int8 model within the budget
         tdir = out / name / "tune"
         steps.run(f"{name}: tune ({d['tune'].objective}, within {d['tune'].max_drop} pt)", tune_run, str(run_dir),

@@ -8,7 +8,7 @@ from typing import Any
 
 from safetensors.torch import save
 
-from finequant.errors import ModelError
+from finequant.errors import ModelError, UntrustedFileError
 from finequant.io import atomic_write_bytes, atomic_write_text
 from finequant.models.base import LoadedModel, Preprocess
 from finequant.models.weights import load_into, load_state_dict
@@ -65,9 +65,17 @@ def build_from_config(path: Path, *, trust_remote_code: bool = False) -> LoadedM
         raise ModelError(f"{path} is not a finequant model folder: {CONFIG} is missing")
     try:
         cfg = json.loads(cfg_path.read_text())
-        version, spec, n = cfg["format_version"], cfg["recipe"]["spec"], int(cfg["num_classes"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        version, recipe, n, task = cfg["format_version"], dict(cfg["recipe"]), int(cfg["num_classes"]), cfg["task"]
+        spec = recipe["spec"]
+        if not isinstance(version, int) or not isinstance(spec, str) or task not in ("image", "text") or n < 1:
+            raise ValueError("format_version must be an integer, recipe.spec a string, task image or text, "
+                             "num_classes >= 1")
+        preprocess = Preprocess.from_dict(cfg["preprocess"]) if cfg.get("preprocess") else None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{cfg_path} is damaged ({type(e).__name__}: {e}); re-save the model") from e
+    if recipe.get("trust_remote_code") and not trust_remote_code:
+        raise UntrustedFileError(f"{path} was built by code from its source ({spec}), trusted when it was made; "
+                                 "pass --trust-remote-code (Python: trust_remote_code=True) to run that code again")
     if version > FORMAT_VERSION:
         raise ModelError(f"{cfg_path} has format {version}; this finequant reads up to {FORMAT_VERSION}: upgrade")
     if cfg["task"] == "text":
@@ -75,7 +83,7 @@ def build_from_config(path: Path, *, trust_remote_code: bool = False) -> LoadedM
     loaded = load_model(spec, pretrained=False, num_classes=n, classes=cfg.get("classes"),
                         trust_remote_code=trust_remote_code)
     loaded.spec, loaded.new_keys = cfg["spec"], []
-    loaded.recipe = dict(cfg["recipe"])
-    if cfg.get("preprocess"):
-        loaded.preprocess = Preprocess.from_dict(cfg["preprocess"])
+    loaded.recipe = recipe
+    if preprocess is not None:
+        loaded.preprocess = preprocess
     return loaded

@@ -33,6 +33,14 @@ class Preprocess:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        if not 8 <= self.input_size <= 4096:
+            raise ValueError(f"input_size={self.input_size} is outside 8..4096 px")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each, std > 0")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct={self.crop_pct} must be in (0, 1]")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(

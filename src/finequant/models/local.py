@@ -24,7 +24,7 @@ def create_file(name: str, *, pretrained: bool, arch: str | None = None,
         return _from_python(Path(path_str + ".py"), factory, trust_remote_code)
     path = Path(name)
     if path.is_dir():
-        return load_artifact(path)
+        return load_artifact(path, trust_remote_code=trust_remote_code)
     if path.suffix in WEIGHT_SUFFIXES:
         if not arch:
             raise SpecError(f"file:{name} holds only weights: also give the architecture, e.g. "
@@ -55,4 +55,5 @@ def _from_python(path: Path, factory: str, trust_remote_code: bool) -> LoadedMod
         raise ModelError(f"{path}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
     return LoadedModel(model=model, spec=f"file:{path}:{factory}", task="image",
                        head_name=last_linear_name(model),
-                       recipe={"spec": f"file:{path.resolve()}:{factory}"}, preprocess=Preprocess())
+                       recipe={"spec": f"file:{path.resolve()}:{factory}", "trust_remote_code": True},
+                       preprocess=Preprocess())

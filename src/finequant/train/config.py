@@ -96,6 +96,9 @@ class FinetuneConfig:
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("sampler", self.sampler, SAMPLERS)
         _choice("probe", self.probe, ("lbfgs", "sgd"))
+        if self.lr > 1:
+            raise ConfigError(f"lr={self.lr!r} is far above any fine-tuning rate (AdamW: 1e-5 .. 1e-2); "
+                              "training would diverge: use e.g. 1e-3")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "lr_mult": self.lr_mult}
         for key, value in positive.items():
             if not value > 0:
