@@ -201,3 +201,17 @@ def test_linear_probe_matches_a_tuned_logistic_regression():
                key=lambda m: m.score(sc.transform(x[va]), y[va]))
     assert ours >= best.score(sc.transform(x[te]), y[te]) - 0.01 and ours > 0.94
     assert fit.l2 in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) and fit.val_accuracy > 0.9
+
+
+def test_batchnorm_policy_keeps_pretrained_statistics_on_small_data_and_trains_fresh_ones():
+    from finequant.train.distributed import DistInfo
+    from finequant.train.loop import bn_policy
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert bn_policy(net, 1000, 64, DistInfo())[0] is False  # random init: nothing to keep
+    net[1].running_mean.fill_(0.3)  # as if pretrained
+    frozen, why = bn_policy(net, 1000, 64, DistInfo())
+    assert frozen and "1000 training samples" in why
+    assert bn_policy(net, 100_000, 16, DistInfo())[0] is True  # small batches
+    assert bn_policy(net, 100_000, 128, DistInfo()) == (False, "100000 training samples in batches of 128: "
+                                                                "statistics are re-estimated")

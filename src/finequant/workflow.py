@@ -76,13 +76,13 @@ def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *,
     result = finetune(loaded, splits, cfg, out_dir=out, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         write_summary(out, "finetune",
-                      config={"model": model, "data": data, "finetune": cfg, "splits": splits.sizes(),
+                      config={"model": model, "data": data, "finetune": result.config, "splits": splits.sizes(),
                               "max_samples": max_samples, "val_frac": val_frac, "test_frac": test_frac,
                               "trust_remote_code": trust_remote_code,
                               "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
                       metrics=result.metrics, sizes={"model_bytes": (out / "model" / "model.safetensors").stat().st_size},
                       timings=result.timings, history=result.history, best_epoch=result.best_epoch,
-                      new_keys=loaded.new_keys, artifact=str((out / "model").resolve()))
+                      new_keys=loaded.new_keys, artifact=str((out / "model").resolve()), decisions=result.decisions)
     return result
 
 

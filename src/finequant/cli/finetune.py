@@ -48,6 +48,8 @@ def finetune_command(
         table.add_row(str(h["epoch"]), h["phase"], f"{h['train_loss']:.4f}", f"{h['val_accuracy']:.4f}",
                       f"{h['epoch_time_s']:.1f}" + (" (cached)" if h["cached"] else ""))
     console.print(table)
+    for key, why in result.decisions.items():
+        console.print(f"[dim]decided:[/] {key} = {why}", highlight=False)
     test = result.metrics["test"]
     console.print(f"test accuracy [bold]{test['accuracy']:.4f}[/], macro-F1 {test['macro_f1']:.4f} "
                   f"(best val epoch {result.best_epoch}); model and summary.json in {out}")

@@ -89,7 +89,7 @@ def create_hf(name: str, *, pretrained: bool, trust_remote_code: bool = False, *
         ) from e
     model = TextClassifier(encoder, DEFAULT_TEXT_CLASSES, pooling=_pooling_of(path))
     recipe = {"spec": f"hf:{name}", "num_classes": DEFAULT_TEXT_CLASSES}
-    if getattr(encoder.config, "auto_map", None):  # the folder's own code built it
+    if trust_remote_code and getattr(encoder.config, "auto_map", None):  # the folder's own code built it
         recipe["trust_remote_code"] = True
     loaded = LoadedModel(model=model, spec=f"hf:{name}", task="text", head_name="head", recipe=recipe,
                          tokenizer=tokenizer)

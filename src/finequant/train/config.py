@@ -61,8 +61,8 @@ class FinetuneConfig:
     """lp-ft: LR scale of the full fine-tuning phase."""
     train_bn: bool = False
     """Update BatchNorm statistics of frozen layers too."""
-    freeze_bn_stats: bool = False
-    """Keep all BatchNorm statistics at pretrained values."""
+    freeze_bn_stats: bool | None = None
+    """Keep all BatchNorm statistics at pretrained values (default: decided from the data, see bn_policy)."""
     augment: str = "none"
     """Augmentation preset: none, light or standard."""
     class_weights: str = "none"

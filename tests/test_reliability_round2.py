@@ -1,0 +1,210 @@
+"""Reliability round 2: no silent wrong numbers, consent for code, outputs replaced as a set, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from finequant.errors import ConfigError, FinequantError, ModelError, UntrustedFileError
+from finequant.models.base import LoadedModel, Preprocess
+from finequant.quant import QuantConfig, quantize
+
+runner = CliRunner()
+
+
+def _cnn_model() -> LoadedModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return LoadedModel(net, "test:cnn", "image", "6", {"spec": "test:cnn"}, preprocess=Preprocess(input_size=16))
+
+
+def test_a_runtime_that_computes_something_else_is_an_error_not_a_number():
+    """Symmetric int8 activations: ORT's QDQ kernels computed other values than the simulation (cosine 0.26
+    in the report, chance accuracy); evaluate refuses instead of printing a number."""
+    from finequant.data import load_data, stratified_split
+    from finequant.runtime.evaluate import evaluate
+
+    loaded = _cnn_model()
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=200)
+    loaded.classes = splits.train.classes
+    calib = [torch.rand(8, 3, 16, 16) * 4 - 2 for _ in range(2)]
+    good = quantize(loaded, QuantConfig(calib_batches=2), calib)
+    assert evaluate(good, splits.test, "onnxruntime", loaded=loaded)["simulation_cosine"] > 0.99
+    bad = quantize(loaded, QuantConfig(calib_batches=2, act_symmetric=True), calib)
+    with pytest.raises(FinequantError, match="different outputs than the simulated model"):
+        evaluate(bad, splits.test, "onnxruntime", loaded=loaded)
+
+
+def test_hf_folder_with_custom_code_needs_consent_and_never_prompts(tmp_path, monkeypatch):
+    from transformers import BertConfig, BertTokenizer
+
+    folder, marker = tmp_path / "custom", tmp_path / "payload-ran"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]))
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    cfg = BertConfig(vocab_size=7, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    from transformers import BertModel
+
+    BertModel(cfg).save_pretrained(folder)
+    payload = f"open({str(marker)!r}, 'w').write('x')\n"
+    (folder / "modeling_evil.py").write_text(payload)
+    (folder / "configuration_evil.py").write_text(payload)
+    monkeypatch.setattr("sys.stdin", None)  # any prompt would crash on a closed stdin
+    from finequant.models import load_model
+
+    # a known architecture that also ships code: its built-in class loads, the folder's code never runs
+    raw = json.loads((folder / "config.json").read_text())
+    raw["auto_map"] = {"AutoModel": "modeling_evil.EvilModel", "AutoConfig": "configuration_evil.EvilConfig"}
+    (folder / "config.json").write_text(json.dumps(raw))
+    assert load_model(f"hf:{folder}").task == "text" and not marker.exists()
+    # an architecture only the folder's code defines: refused, with the flag to pass if trusted
+    (folder / "config.json").write_text(json.dumps({**raw, "model_type": "evil"}))
+    with pytest.raises(ModelError, match="--trust-remote-code"):
+        load_model(f"hf:{folder}")
+    assert not marker.exists()
+
+
+def test_broken_weights_are_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    from finequant.models import load_artifact, load_model, save_artifact
+
+    torch.manual_seed(0)
+    loaded = load_model("timm:test_efficientnet", pretrained=False, num_classes=3)
+    save_artifact(loaded, tmp_path / "m")
+    state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    for label, bad in (("NaN/Inf", state[key].clone().fill_(float("nan"))), ("relabelled", state[key].to(torch.int32))):
+        save_file({**state, key: bad}, str(tmp_path / "m" / "model.safetensors"))
+        with pytest.raises(ModelError, match=key.replace(".", r"\.")):
+            load_artifact(tmp_path / "m")
+
+
+@pytest.mark.parametrize("change,message", [({"format_version": "1"}, "format_version"),
+                                            ({"preprocess": {"mean": [0, 0, 0], "std": [1, 1, 1],
+                                                             "input_size": 10**6}}, "input_size"),
+                                            ({"recipe": "timm:x"}, "damaged")])
+def test_damaged_model_json_is_a_clear_error(tmp_path, change, message):
+    from finequant.models import load_artifact, load_model, save_artifact
+
+    save_artifact(load_model("timm:test_efficientnet", pretrained=False, num_classes=3), tmp_path)
+    cfg = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ModelError, match=message):
+        load_artifact(tmp_path)
+
+
+def test_a_model_built_by_trusted_code_needs_the_flag_again(tmp_path):
+    from finequant.models import load_artifact, load_model, save_artifact
+
+    (tmp_path / "net.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+                                     "torch.nn.Linear(3 * 224 * 224, 4))\n")
+    loaded = load_model(f"file:{tmp_path / 'net.py'}:build", trust_remote_code=True)
+    save_artifact(loaded, tmp_path / "saved")
+    with pytest.raises(UntrustedFileError, match="--trust-remote-code"):
+        load_artifact(tmp_path / "saved")
+    assert load_artifact(tmp_path / "saved", trust_remote_code=True).num_classes == 4
+
+
+def test_nan_calibration_data_and_absurd_learning_rates_are_refused():
+    from finequant.train import FinetuneConfig
+
+    batch = torch.rand(4, 3, 16, 16)
+    batch[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FinequantError, match="calibration batch 0 holds NaN"):
+        quantize(_cnn_model(), QuantConfig(calib_batches=1), [batch])
+    with pytest.raises(ConfigError, match="lr=1000000.0"):
+        FinetuneConfig(lr=1e6)
+
+
+def test_a_rejected_export_leaves_nothing(tmp_path, monkeypatch):
+    from finequant.runtime import exporters
+
+    loaded = _cnn_model()
+    monkeypatch.setattr(exporters, "_run_file", lambda fmt, path, x: np.random.default_rng(0).normal(size=(4, 10)))
+    with pytest.raises(FinequantError, match="nothing was written"):
+        exporters.export(loaded, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_quantize_keeps_the_previous_output_whole(tmp_path, monkeypatch):
+    from finequant import workflow
+
+    run = tmp_path / "run"
+    assert runner_invoke(["finetune", "--model", "timm:test_efficientnet", "--no-pretrained", "--data", "digits",
+                          "--strategy", "last-layer", "--image-size", "32", "--max-samples", "200", "--out", str(run)])
+    out = tmp_path / "q"
+    workflow.quantize_run(str(run), QuantConfig(calib_batches=2), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(workflow, "write_summary", broken)
+    with pytest.raises(OSError):
+        workflow.quantize_run(str(run), QuantConfig(calib_batches=2, weight_bits=4), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".q")] == []  # no partial folder left
+
+
+def runner_invoke(args):
+    from finequant.cli import app
+
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return True
+
+
+@pytest.mark.parametrize("args,message", [(["bench", ".", "--batch", "0"], "positive integers"),
+                                          (["bench", ".", "--batch=-3"], "positive integers"),
+                                          (["eval", ".", "--threads", "0"], "threads"),
+                                          (["tune", ".", "--out", "x", "--max-drop", "-1"], "max_drop=-1.0"),
+                                          (["quantize", ".", "--out", "x", "--group-size", "0"], "group_size=0"),
+                                          (["quantize", ".", "--out", "x", "--batch-size", "0"], "batch-size"),
+                                          (["finetune", "-m", "x", "-d", "y", "-o", "z", "--seed", "-1"], "seed"),
+                                          (["finetune", "-m", "x", "-d", "y", "-o", "z", "--val-frac", "1.5"],
+                                           "val-frac")])
+def test_bad_numbers_are_one_line_errors(args, message):
+    from finequant.cli import app
+
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    text = result.output + str(result.exception or "")
+    assert message in text and "Traceback" not in result.output
+
+
+def test_pipeline_variant_names_cannot_leave_the_run_folder(tmp_path):
+    from finequant.pipeline import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text("quantize: {'../../x': {}}\n")
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load_pipeline(path)
+
+
+def test_tune_caches_are_keyed_by_the_weights():
+    from finequant.tuning.api import weights_digest
+
+    net = _cnn_model().model
+    before = weights_digest(net)
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] += 1e-3
+    assert weights_digest(net) != before
+
+
+def test_run_sources_are_absolute_and_loops_are_refused(tmp_path):
+    from finequant.run import Run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "summary.json").write_text(json.dumps({"command": "quantize", "config": {"source": str(b)}}))
+    (b / "summary.json").write_text(json.dumps({"command": "quantize", "config": {"source": str(a)}}))
+    with pytest.raises(ModelError, match="loops back"):
+        Run.open(a).origin()
+    (b / "summary.json").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="damaged"):
+        Run.open(b)
