@@ -22,7 +22,7 @@ def test_readme_python_block_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
-    tuned, model = scope["tuned"], scope["model"]
+    tuned = scope["tuned"]
     assert tuned.chosen and tuned.test["quantized"]["accuracy"] > 0.5
     assert (tmp_path / "model.int8.onnx").stat().st_size > 0
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from finequant.data import inspect_data, load_data, make_loader, stratified_split
 from finequant.errors import DataError, SpecError
@@ -91,3 +92,54 @@ def test_too_small_class_cannot_split(image_folder):
     d = load_data(f"imagefolder:{image_folder}").subset([0, 1, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15])
     with pytest.raises(DataError, match="'cat' has 2 samples"):
         stratified_split(d)
+
+
+def _folder(root, classes, n, seed):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, size=(12, 12, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_given_splits_are_used_as_given(tmp_path):
+    """train/ val/ test/ folders, a csv split column, or a separate test set: no re-split."""
+    from finequant.data import load_splits
+
+    root = tmp_path / "split"
+    _folder(root / "train", ["a", "b"], 6, 0)
+    _folder(root / "val", ["a", "b"], 2, 1)
+    _folder(root / "test", ["b", "a"], 5, 2)
+    s = load_splits(f"imagefolder:{root}")
+    assert s.sizes() == {"train": 12, "val": 4, "test": 10}
+    assert all("/test/" in str(p) for p in s.test.items) and s.test.classes == ["a", "b"]
+    csv_path = tmp_path / "t.csv"
+    rows = ["text,label,split"] + [f"t{i},{'pos' if i % 2 else 'neg'},{'test' if i < 4 else 'train'}" for i in range(24)]
+    csv_path.write_text("\n".join(rows))
+    s = load_splits(f"csv:{csv_path}?split=split")
+    assert len(s.test) == 4 and len(s.train) + len(s.val) == 20 and len(s.val) >= 2  # val carved from train
+    pool = tmp_path / "pool"
+    _folder(pool, ["a", "b"], 10, 3)
+    other = tmp_path / "other"
+    _folder(other, ["a", "b"], 7, 4)
+    s = load_splits(f"imagefolder:{pool}", test_data=f"imagefolder:{other}")
+    assert len(s.test) == 14 and len(s.train) + len(s.val) == 20
+
+
+def test_csv_rows_with_stray_commas_are_errors_not_new_classes(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("text,label\ngood film,pos\nbad, really bad,neg\n")
+    with pytest.raises(DataError, match="row 3 has more fields.*quote fields"):
+        load_data(f"csv:{path}")
+
+
+def test_eval_data_is_scored_in_full_with_classes_matched_by_name(tmp_path):
+    from finequant.data import align_classes
+
+    folder = tmp_path / "f"
+    _folder(folder, ["b", "c"], 3, 0)
+    data = load_data(f"imagefolder:{folder}")
+    aligned = align_classes(data, ["a", "b", "c"])
+    assert aligned.classes == ["a", "b", "c"] and sorted(set(aligned.labels.tolist())) == [1, 2]
+    with pytest.raises(DataError, match=r"\['c'\] are not among"):
+        align_classes(data, ["a", "b"])

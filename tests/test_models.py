@@ -111,3 +111,18 @@ def test_python_factory_needs_trust(tmp_path):
         load_model(f"file:{tmp_path / 'net.py'}:create")
     m = load_model(f"file:{tmp_path / 'net.py'}:create", trust_remote_code=True)
     assert m.head_name == "1" and m.num_classes == 3
+
+
+def test_heads_of_every_shape_are_replaced():
+    """A 1x1-conv head (SqueezeNet), a distilled model's two heads (DeiT), and the input size from the model."""
+    from finequant.models import load_model
+
+    sq = load_model("torchvision:squeezenet1_1", pretrained=False, num_classes=5)
+    assert sq.head_name == "classifier.1" and sq.num_classes == 5
+    assert sq.model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    deit = load_model("timm:deit_tiny_distilled_patch16_224", pretrained=False, num_classes=3)
+    assert deit.head_name == "head" and deit.extra_heads == ["head_dist"] and deit.preprocess.input_size == 224
+    assert deit.model.head_dist.out_features == 3 and set(deit.new_keys) >= {"head.weight", "head_dist.weight"}
+    deit.model.eval()
+    with torch.no_grad():
+        assert deit.model(torch.randn(1, 3, 224, 224)).shape == (1, 3)

@@ -8,9 +8,8 @@ from finequant.errors import ConfigError
 from finequant.quant import QuantConfig, quantize
 from finequant.quant.affine import sqnr_db
 from finequant.quant.api import prepare
-from finequant.quant.equalize import ChannelClip, cross_layer_equalization
+from finequant.quant.ptq.equalize import ChannelClip, cross_layer_equalization
 
-from test_quant import _trained_cnn
 
 
 class _Residual(nn.Module):
@@ -52,15 +51,10 @@ def test_cle_keeps_float_outputs_and_evens_out_channel_ranges():
     assert [r[:2] for r in report["rejected"]] == [["5.conv1", "5.conv2"]]
     assert report["relu6_to_channel_clip"] == {"1": 8} and isinstance(qm.model[1], ChannelClip)
     assert qm.model[1].high.min() < 6 < qm.model[1].high.max()  # the clip level moved with each channel's scale
-    from finequant.quant.ptq_common import float_reference
+    from finequant.quant.ptq.common import float_reference
 
     with torch.no_grad(), float_reference(qm.model):
         torch.testing.assert_close(qm.model(x), net(x), atol=1e-4, rtol=1e-4)  # the float function is unchanged
-
-
-@pytest.fixture(scope="module")
-def trained_cnn():
-    return _trained_cnn()
 
 
 def _setup(trained_cnn):

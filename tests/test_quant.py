@@ -245,27 +245,6 @@ def test_dynamic_int8_minilm_keeps_embeddings():
     assert sum(1 for r in qm.layers.values() if r["status"] == "quantized") >= 37  # 36 Linear + embeddings
 
 
-def _trained_cnn():
-    from finequant.data import load_data, stratified_split
-    from finequant.models.base import LoadedModel, Preprocess
-    from finequant.train import FinetuneConfig, finetune
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    loaded = LoadedModel(net, "test:cnn", "image", "9", {"spec": "test:cnn"},
-                         preprocess=Preprocess(input_size=16, crop_pct=1.0))
-    splits = stratified_split(load_data("digits"), seed=0)
-    finetune(loaded, splits, FinetuneConfig(strategy="full", epochs=6, lr=1e-2, lr_mult=1))
-    return loaded, splits
-
-
-@pytest.fixture(scope="module")
-def trained_cnn():
-    return _trained_cnn()
-
-
 def test_qat_beats_ptq_at_4_bits_and_converts_consistently(trained_cnn):
     from finequant.data import make_loader
     from finequant.quant.qat import quantization_aware_training
@@ -383,3 +362,17 @@ def test_dynamic_int8_lstm_quantizes_every_gate_projection():
     torch.testing.assert_close(again(ids), got)
     with pytest.raises(FinequantError, match="PackedSequence"):
         qm.model.lstm(nn.utils.rnn.pack_sequence([torch.randn(4, 16)]))
+
+
+def test_attention_modules_stay_float_with_a_reason_instead_of_crashing():
+    """torchvision's ViT/Swin blocks use nn.MultiheadAttention, whose forward reads out_proj.weight."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), nn.Flatten(), nn.Linear(64, 3))
+    calib = [torch.randn(2, 4, 16) for _ in range(2)]
+    qm = quantize(net, QuantConfig(calib_batches=2), calib)
+    reasons = qm.float_layers()
+    assert "reads the weight directly" in reasons["0.self_attn.out_proj"] and "0.self_attn" in reasons
+    assert qm.layers["0.linear1"]["status"] == "quantized" and qm.layers["2"]["status"] == "quantized"
+    net.eval()
+    with torch.no_grad():
+        assert sqnr_db(net(calib[0]), qm.model(calib[0])) > 15

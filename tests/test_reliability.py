@@ -26,19 +26,24 @@ class _Poisonable(nn.Module):
         return y * float("nan") if self.poison else y
 
 
-def test_nan_loss_stops_names_the_batch_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_names_the_batch_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from finequant.train import loop
+
     torch.manual_seed(0)
     net = _Poisonable()
     loaded = LoadedModel(net, "test:mlp", "image", "head", {"spec": "test:mlp"},
                          preprocess=Preprocess(input_size=8, crop_pct=1.0))
     splits = stratified_split(load_data("digits"), seed=0, max_samples=200)
-    cfg = FinetuneConfig(strategy="full", epochs=1, lr=1e-2)
-    finetune(loaded, splits, cfg, out_dir=tmp_path)
-    good = (tmp_path / "checkpoint.pt").read_bytes()
-    net.poison = True
+    real, saved = loop.save_checkpoint, []
+
+    def save_then_poison(out, state):  # the loss turns NaN right after epoch 1's checkpoint
+        saved.append(real(out, state).read_bytes())
+        net.poison = True
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_poison)
     with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 0.*last good checkpoint \(epoch 1\)"):
-        finetune(loaded, splits, FinetuneConfig(strategy="full", epochs=2, lr=1e-2), out_dir=tmp_path, resume=True)
-    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+        finetune(loaded, splits, FinetuneConfig(strategy="full", epochs=2, lr=1e-2), out_dir=tmp_path)
+    assert len(saved) == 1 and (tmp_path / "checkpoint.pt").read_bytes() == saved[0]
 
 
 def test_full_disk_leaves_no_partial_file_under_the_final_name(tmp_path, monkeypatch):

@@ -208,3 +208,41 @@ def test_run_sources_are_absolute_and_loops_are_refused(tmp_path):
     (b / "summary.json").write_text("[1, 2]")
     with pytest.raises(ModelError, match="damaged"):
         Run.open(b)
+
+
+def _augmented_run(out, epochs=2, **changes):
+    from finequant.data import load_data, stratified_split
+    from finequant.train import FinetuneConfig
+
+    loaded = _cnn_model()
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=200)
+    cfg = FinetuneConfig(**{"strategy": "full", "epochs": epochs, "lr": 1e-2, "augment": "light", "batch_size": 32,
+                            **changes})
+    return loaded, splits, cfg
+
+
+def test_resume_with_augmentation_is_exact_and_refuses_a_changed_run(tmp_path, monkeypatch):
+    from finequant.train import finetune, loop
+
+    loaded, splits, cfg = _augmented_run(tmp_path)
+    finetune(loaded, splits, cfg, out_dir=tmp_path / "a")
+    straight = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+
+    real = loop.save_checkpoint
+
+    def killed_after_first_epoch(out, state):
+        real(out, state)
+        raise KeyboardInterrupt  # as if killed right after epoch 1's checkpoint
+
+    loaded, splits, cfg = _augmented_run(tmp_path)
+    monkeypatch.setattr(loop, "save_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(loaded, splits, cfg, out_dir=tmp_path / "b")
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    loaded, splits, cfg = _augmented_run(tmp_path)
+    finetune(loaded, splits, cfg, out_dir=tmp_path / "b", resume=True)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, straight[k]), k  # byte-identical, augmentation included
+    loaded, splits, changed = _augmented_run(tmp_path, lr=2e-2, epochs=3)
+    with pytest.raises(ConfigError, match=r"lr: 0.01 -> 0.02.*epochs: 2 -> 3|epochs: 2 -> 3.*lr: 0.01 -> 0.02"):
+        finetune(loaded, splits, changed, out_dir=tmp_path / "b", resume=True)

@@ -45,6 +45,16 @@ class PTQInfo:
 
 
 @dataclass(frozen=True)
+class BackendInfo:
+    quantized: str
+    """Which quantized models it runs: ``all`` (simulation), ``exporter`` (methods with an integer ONNX
+    form), ``torch_kernels`` (methods PyTorch runs on real low-precision kernels)."""
+
+    def runs(self, method: MethodInfo) -> bool:
+        return self.quantized == "all" or bool(getattr(method, self.quantized))
+
+
+@dataclass(frozen=True)
 class ExporterInfo:
     suffix: str
     """File suffix of what it writes."""
@@ -85,7 +95,7 @@ OBSERVERS.register_lazy("entropy", _O + "EntropyObserver",
                         "TensorRT-style KL-divergence threshold on a 2048-bin histogram of |x|", ObserverInfo())
 
 PTQ_STEPS: Registry = Registry("post-training quantization step")
-_P = "finequant.quant.ptq:"
+_P = "finequant.quant.ptq.steps:"
 PTQ_STEPS.register_lazy("cle", _P + "cle", "cross-layer equalization of consecutive layers (helps per-tensor, "
                         "depthwise nets)", PTQInfo(before_calibration=True, order=0))
 PTQ_STEPS.register_lazy("adaround", _P + "adaround_step", "learned rounding of weights, layer by layer (for 4-bit "
@@ -108,13 +118,15 @@ STRATEGIES.register_lazy("lp-ft", _S + "lp_ft", "linear probe (head only), then 
 BACKENDS: Registry = Registry("backend")
 _B = "finequant.runtime.backends:"
 BACKENDS.register_lazy("torch-sim", _B + "torch_sim", "finequant's fake-quant simulation in PyTorch (the accuracy "
-                       "reference)")
+                       "reference)", BackendInfo("all"))
 BACKENDS.register_lazy("torch", _B + "torch_eager",
-                       "eager PyTorch: fp32, real fp16/bf16 weights, or dynamic int8 Linear kernels")
+                       "eager PyTorch: fp32, real fp16/bf16 weights, or dynamic int8 Linear kernels",
+                       BackendInfo("torch_kernels"))
 BACKENDS.register_lazy("onnxruntime", _B + "onnxruntime", "ONNX Runtime CPU: QDQ int8 (QLinearConv...), integer "
-                       "MatMuls, or fp32")
+                       "MatMuls, or fp32", BackendInfo("exporter"))
 BACKENDS.register_lazy("openvino", _B + "openvino",
-                       "OpenVINO CPU plugin reading the same ONNX (pip install 'finequant[openvino]')")
+                       "OpenVINO CPU plugin reading the same ONNX (pip install 'finequant[openvino]')",
+                       BackendInfo("exporter"))
 
 EXPORTERS: Registry = Registry("exporter")
 _E = "finequant.runtime.exporters:"

@@ -73,12 +73,12 @@ class Run:
 
     def splits(self, data: str | None = None) -> Any:
         """The exact train/val/test splits the fine-tune used (same spec, seed, fractions, subset)."""
-        from finequant.data import load_data, stratified_split
+        from finequant.data import load_splits
 
         ft = self.origin().config
-        return stratified_split(load_data(self.data_spec(data)), val_frac=ft.get("val_frac", 0.1),
-                                test_frac=ft.get("test_frac", 0.2), seed=self.seed(),
-                                max_samples=ft.get("max_samples"))
+        return load_splits(self.data_spec(data), test_data=None if data else ft.get("test_data"),
+                           val_frac=ft.get("val_frac", 0.1), test_frac=ft.get("test_frac", 0.2), seed=self.seed(),
+                           max_samples=ft.get("max_samples"))
 
     def model_folder(self) -> Path:
         """Where the model lives: ``RUN/model`` for a finetune run, the folder itself for quantize/tune."""

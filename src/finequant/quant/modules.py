@@ -122,6 +122,16 @@ class QuantLayer(nn.Module):
             return kmeans_assign(w, self.codebook)
         return quantize(w, self.weight_scale.detach(), self.weight_zero_point, spec)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as quantized, for parents that read it (e.g. torch's encoder-layer fast-path checks).
+        Layers whose parent computes with the weight itself are never wrapped (see ``prepare``)."""
+        return self.quantized_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.layer, "bias", None)
+
     def quantized_weight(self) -> torch.Tensor:
         w, spec = self.layer.weight, self.weight_spec
         if spec.scheme == "fp16":

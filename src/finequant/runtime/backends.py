@@ -165,7 +165,7 @@ def torch_eager(dep: Deployable, workdir: Path, threads: int | None) -> Runner:
     if dep.quantized is None:
         return _torch_runner("torch", dep.model, dep.weights_file(), threads)
     method = dep.method
-    if not METHODS.info(method).torch_kernels:
+    if not BACKENDS.info("torch").runs(METHODS.info(method)):
         raise FinequantError(f"the torch backend runs float, fp16/bf16 and dynamic int8 models; a '{method}' "
                              "model runs on 'onnxruntime' (int8) or 'torch-sim'")
     if method == "dynamic":

@@ -17,16 +17,16 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from finequant.io import atomic_write_bytes
 from finequant.quant.api import QuantizedModel
-from finequant.runtime.onnx_qdq import _Graph, _topological_sort, export_float, float_copy
+from finequant.runtime.onnx_graph import Graph, finish
+from finequant.runtime.onnx_qdq import export_float, float_copy
 
 
 def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.Tensor,
                    path: str | Path | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Integer-MatMul ONNX of a ``dynamic``-method model; returns the proto and each layer's fate."""
     proto = export_float(float_copy(qm.model), example)
-    g = _Graph(proto)
+    g = Graph(proto)
     # The exporter renames and transposes Linear weights: find each by value (W^T of the dequantized weight).
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for name, init in g.inits.items():
@@ -51,14 +51,11 @@ def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.
             continue
         _rewrite(g, node, layer, name)
         done[name] = "int8 dynamic (MatMulInteger)"
-    _topological_sort(g.graph)
-    onnx.checker.check_model(proto)
-    if path is not None:
-        atomic_write_bytes(path, proto.SerializeToString())
+    finish(proto, path)
     return proto, done
 
 
-def _embedding(g: _Graph, layer: Any, name: str, by_shape: dict[tuple[int, ...], list[str]]) -> str:
+def _embedding(g: Graph, layer: Any, name: str, by_shape: dict[tuple[int, ...], list[str]]) -> str:
     """Store an int8 embedding table as int8 codes + per-row scales, gathered first and dequantized
     after the Gather (only the looked-up rows are converted, not the whole table per run)."""
     w = layer.quantized_weight().detach().numpy()
@@ -84,7 +81,7 @@ def _embedding(g: _Graph, layer: Any, name: str, by_shape: dict[tuple[int, ...],
     return "int8 table, rows dequantized after Gather"
 
 
-def _rewrite(g: _Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
+def _rewrite(g: Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
     x, w, y = node.input[0], node.input[1], node.output[0]
     codes = layer.weight_codes().numpy().astype(np.int8).T  # (in, out)
     scale = layer.weight_scale.detach().flatten().numpy().astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from finequant.runtime.onnx_qdq import graph_ops
+from finequant.runtime.onnx_graph import graph_ops
 
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearGlobalAveragePool")

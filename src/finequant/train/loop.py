@@ -5,6 +5,7 @@ Feature caching, checkpoints, DDP and regularizers are small helpers it calls.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import Progress
@@ -157,8 +159,10 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
 
 
 def _loader(dataset, cfg: FinetuneConfig, batch: int, collate, sampler=None) -> DataLoader:
+    # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which then
+    # differs between an uninterrupted and a resumed run (augmentation draws from the global RNG).
     return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=False, collate_fn=collate,
-                      num_workers=cfg.num_workers)
+                      num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def _train_sampler(dataset, labels: torch.Tensor, cfg: FinetuneConfig, info: DistInfo, epoch: int):
@@ -183,7 +187,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def check_input(loaded: LoadedModel, dataset: Any, collate: Any, device: torch.device, native_size: int) -> None:
     """One forward pass on two training samples before any training, so that an input the model
     cannot take fails at once with the model, the input shape and the fix, not deep in epoch one."""
-    x, _ = next(iter(DataLoader(dataset, batch_size=min(2, len(dataset)), collate_fn=collate)))
+    x, _ = next(iter(DataLoader(dataset, batch_size=min(2, len(dataset)), collate_fn=collate,
+                                generator=torch.Generator())))
     was_training = loaded.model.training
     loaded.model.eval()
     try:
@@ -239,6 +244,17 @@ def resolve_defaults(cfg: FinetuneConfig, model: nn.Module, train_samples: int, 
     return cfg, decisions
 
 
+def check_resumable(ckpt: dict[str, Any], cfg: FinetuneConfig, identity: dict[str, Any], out: Path) -> None:
+    """Resume only the same run: same config, model, classes and data; else say what differs."""
+    diffs = [f"{k}: {ckpt.get('config', {}).get(k)!r} -> {v!r}" for k, v in asdict(cfg).items()
+             if ckpt.get("config", {}).get(k) != v]
+    diffs += [f"{k}: {ckpt.get('identity', {}).get(k)!r} -> {v!r}" for k, v in identity.items()
+              if ckpt.get("identity", {}).get(k) != v]
+    if diffs:
+        raise ConfigError(f"cannot resume {out}: the run differs from the interrupted one ({'; '.join(diffs)}); "
+                          "rerun with the same settings, or without --resume to start fresh")
+
+
 def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfig | None = None,
              out_dir: str | Path | None = None, resume: bool = False,
              teacher: nn.Module | None = None) -> FinetuneResult:
@@ -276,6 +292,9 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     train_set = make_dataset(splits.train, loaded, cfg.augment)
     val_set = make_dataset(splits.val, loaded)
     out = Path(out_dir) if out_dir else None
+    run_identity = {"model": loaded.spec, "classes": list(classes), "splits": splits.sizes(),
+                    "train_labels": hashlib.sha256(np.asarray(splits.train.labels).tobytes()).hexdigest()[:16],
+                    "world_size": info.world_size}
 
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
@@ -284,6 +303,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
         if out is None:
             raise ConfigError("resume needs out_dir (the folder of the interrupted run)")
         ckpt = load_checkpoint(out)
+        check_resumable(ckpt, cfg, run_identity, out)
         model.load_state_dict(ckpt["model"])
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
         best = {"score": ckpt["best_score"], "epoch": ckpt["best_epoch"], "state": ckpt["best_state"]}
@@ -298,7 +318,9 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     for epoch in range(start_epoch, cfg.epochs):
         phase_idx = epoch_phase[epoch]
         phase = phases[phase_idx]
-        use_cache = cfg.feature_cache and phase.trainable <= head and cfg.augment == "none"
+        # cached features feed one Linear head; distillation heads and conv heads see other inputs
+        use_cache = (cfg.feature_cache and phase.trainable <= head and cfg.augment == "none"
+                     and isinstance(head_module, nn.Linear) and not loaded.extra_heads)
         if use_cache and not cache:
             t0 = time.perf_counter()
             for split, ds in (("train", train_set), ("val", val_set)):
@@ -381,7 +403,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
                 "epoch": epoch, "phase": phase_idx, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
                 "best_score": best["score"], "best_epoch": best["epoch"], "best_state": best["state"],
-                "config": asdict(cfg),
+                "config": asdict(cfg), "identity": run_identity,
             })
         barrier(info)
         if cfg.early_stopping and epoch + 1 - best["epoch"] >= cfg.early_stopping:

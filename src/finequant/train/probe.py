@@ -23,7 +23,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 STD_FLOOR = 1.0
 
 

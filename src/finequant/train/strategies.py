@@ -30,9 +30,9 @@ PlanFn = Callable[[LoadedModel, "FinetuneConfig"], list[Phase]]  # noqa: F821
 
 
 def head_names(loaded: LoadedModel) -> frozenset[str]:
-    """Parameter names under the head module (also when a quantization wrapper holds it)."""
-    prefix = loaded.head_name + "."
-    return frozenset(n for n, _ in loaded.model.named_parameters() if n.startswith(prefix))
+    """Parameter names under the head modules (also when a quantization wrapper holds them)."""
+    prefixes = tuple(h + "." for h in loaded.head_names)
+    return frozenset(n for n, _ in loaded.model.named_parameters() if n.startswith(prefixes))
 
 
 def block_groups(model: nn.Module, head: frozenset[str]) -> list[list[str]]:

@@ -48,6 +48,11 @@ class TuneConfig:
             raise ConfigError(f"method: {METHODS.unknown_message(self.method)}")
         if METHODS.info(self.method).trained:
             raise ConfigError(f"method={self.method!r} trains; tune searches post-training methods (static, dynamic)")
+        info = BACKENDS.info(self.backend)
+        if info is not None and not info.runs(METHODS.info(self.method)):
+            able = [m for m in METHODS if info.runs(METHODS.info(m)) and not METHODS.info(m).trained]
+            raise ConfigError(f"backend={self.backend!r} does not run '{self.method}' models, so it cannot time them; "
+                              f"with this backend use method {' or '.join(able)}, or time on onnxruntime")
         if self.max_drop < 0:
             raise ConfigError(f"max_drop={self.max_drop} must be >= 0 (points of accuracy you accept to lose)")
         if self.budget_trials < 1 or self.calib_batches < 1:

@@ -16,7 +16,7 @@ from torch import nn
 
 from finequant.errors import FinequantError
 from finequant.models.base import forward
-from finequant.quant.ptq_common import execution_order, float_reference, output_channel_mean, quant_layers
+from finequant.quant.ptq.common import execution_order, float_reference, output_channel_mean, quant_layers
 
 MAX_BATCHES = 4  # calibration batches used: the method costs one pass over them per layer
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from finequant.quant.affine import grouped, sqnr_db, ungrouped
 from finequant.quant.modules import QuantLayer
-from finequant.quant.ptq_common import capture, execution_order, float_reference, quant_layers
+from finequant.quant.ptq.common import capture, execution_order, float_reference, quant_layers
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch, as in the paper
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from finequant.models.base import forward
 from finequant.quant.modules import QuantLayer
-from finequant.quant.ptq_common import float_reference, quant_layers
+from finequant.quant.ptq.common import float_reference, quant_layers
 
 # Modules that act per channel and commute with a positive per-channel scale (ReLU6 after rewrite).
 class ChannelClip(nn.Module):

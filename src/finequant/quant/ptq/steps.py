@@ -15,9 +15,9 @@ from typing import Any
 from torch import nn
 
 from finequant.catalog import PTQ_STEPS, PTQInfo
-from finequant.quant.adaround import AdaRoundConfig, adaround
-from finequant.quant.bias_correction import bias_correction
-from finequant.quant.equalize import cross_layer_equalization
+from finequant.quant.ptq.adaround import AdaRoundConfig, adaround
+from finequant.quant.ptq.bias_correction import bias_correction
+from finequant.quant.ptq.equalize import cross_layer_equalization
 
 StepFn = Callable[[nn.Module, list[Any], Any], dict[str, Any]]
 
