@@ -50,7 +50,8 @@ def test_finetune_then_quantize_cli(tmp_path):
     s = json.loads((run / "summary.json").read_text())
     assert s["config"]["finetune"]["strategy"] == "last-layer" and len(s["history"]) == 1  # solved, not stepped
     assert s["history"][0]["probe_l2"] in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoint.pt").is_file()
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "checkpoint.pt").exists()  # done: removed
+    assert s["skipped"] == {"count": 0, "first": []}
     q = tmp_path / "q"
     result = runner.invoke(app, ["quantize", str(run), "--method", "static", "--calib", "4", "--out", str(q)])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from finequant.errors import ConfigError, FinequantError, ModelError, UntrustedFileError
+from finequant.errors import ConfigError, DataError, FinequantError, ModelError, UntrustedFileError
 from finequant.models.base import LoadedModel, Preprocess
 from finequant.quant import QuantConfig, quantize
 
@@ -246,3 +246,80 @@ def test_resume_with_augmentation_is_exact_and_refuses_a_changed_run(tmp_path, m
     loaded, splits, changed = _augmented_run(tmp_path, lr=2e-2, epochs=3)
     with pytest.raises(ConfigError, match=r"lr: 0.01 -> 0.02.*epochs: 2 -> 3|epochs: 2 -> 3.*lr: 0.01 -> 0.02"):
         finetune(loaded, splits, changed, out_dir=tmp_path / "b", resume=True)
+
+
+def test_bombs_are_refused_or_skipped(tmp_path, image_folder):
+    """A zip that expands ~1000x is refused before extraction; a PNG declaring 200 M pixels is skipped."""
+    import struct
+    import zipfile
+    import zlib
+
+    from finequant.data import load_data
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("cat/0.png", b"\0" * (70 << 20))
+        z.writestr("dog/0.png", b"\0" * 10)
+    with pytest.raises(DataError, match="decompression bomb"):
+        load_data(f"imagefolder:{bomb}")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left behind
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    (image_folder / "cat" / "huge.png").write_bytes(png)
+    data = load_data(f"imagefolder:{image_folder}")
+    assert len(data) == 18 and any("decompression bomb" in w for w in data.warnings)
+
+
+def test_report_prints_run_names_as_typed_and_escapes_them_in_markdown(tmp_path):
+    from finequant.reporting import write_report
+
+    run = tmp_path / "$\\nope$ <script>alert(1)"  # invalid TeX: mathtext raised on it
+    run.mkdir()
+    history = [{"epoch": 1, "phase": "head", "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.5}]
+    (run / "summary.json").write_text(json.dumps({
+        "command": "finetune", "config": {"data": "digits <b>x</b>", "model": "m"},
+        "metrics": {"test": {"accuracy": 0.5, "confusion_matrix": [[1, 0], [0, 1]]}},
+        "sizes": {"model_bytes": 10}, "history": history}))
+    r = write_report([tmp_path], tmp_path / "report.html")  # matplotlib would choke on "$x$" as math
+    md = (tmp_path / "report.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md and r["images"] >= 1
+    assert "<script>" not in (tmp_path / "report.html").read_text()
+
+
+def test_skipped_inputs_are_counted_in_the_splits(image_folder):
+    from finequant.data import load_splits
+
+    (image_folder / "dog" / "broken.png").write_bytes(b"not a png")
+    splits = load_splits(f"imagefolder:{image_folder}")
+    assert len(splits.skipped) == 1 and "broken.png" in splits.skipped[0]
+
+
+def test_two_writers_of_one_out_and_damaged_quantized_files_fail_clearly(tmp_path):
+    from finequant.io import exclusive
+    from finequant.quant.artifact import load_quantized, save_quantized
+    from finequant.workflow import quantize_run
+
+    out = tmp_path / "q"
+    with exclusive(out):  # as if another process were writing it
+        with pytest.raises(FinequantError, match="another finequant process is writing"):
+            quantize_run("unused", QuantConfig(), out)
+    loaded = _cnn_model()
+    qm = quantize(loaded, QuantConfig(calib_batches=1), [torch.rand(2, 3, 16, 16)])
+    save_quantized(qm, loaded, out)
+    weights = out / "quant.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelError, match="damaged or truncated"):
+        load_quantized(out)
+
+
+def test_an_empty_validation_split_is_refused_before_training():
+    from finequant.data import load_data, stratified_split
+    from finequant.train import FinetuneConfig, finetune
+
+    splits = stratified_split(load_data("digits"), val_frac=0.0, seed=0, max_samples=100)
+    with pytest.raises(ConfigError, match="validation split is empty"):
+        finetune(_cnn_model(), splits, FinetuneConfig(epochs=1))

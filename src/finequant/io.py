@@ -58,3 +58,27 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(out: str | Path) -> Iterator[None]:
+    """An advisory lock on an output path: a second process writing the same ``out`` fails at once
+    instead of silently overwriting the first one's result."""
+    import fcntl
+
+    from finequant.errors import FinequantError
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    with open(lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinequantError(f"another finequant process is writing {out}; wait for it or pick another --out") \
+                from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            lock.unlink(missing_ok=True)

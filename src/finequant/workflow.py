@@ -18,7 +18,7 @@ import torch
 
 from finequant.data import Splits, align_classes, load_data, load_splits, make_loader, stratified_split
 from finequant.errors import SpecError
-from finequant.io import atomic_folder
+from finequant.io import atomic_folder, exclusive
 from finequant.models import LoadedModel, load_artifact, load_model
 from finequant.quant import QATConfig, QuantConfig, quantize
 from finequant.quant.artifact import QUANT_WEIGHTS, save_quantized
@@ -66,14 +66,15 @@ def open_source(source: str | Path, data: str | None = None, *, trust_remote_cod
 def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *, resume: bool = False,
                  weights: str | Path | None = None, arch: str | None = None, pretrained: bool = True,
                  trust_remote_code: bool = False, max_samples: int | None = None, val_frac: float = 0.1,
-                 test_frac: float = 0.2, strict: bool = False, test_data: str | None = None) -> FinetuneResult:
+                 test_frac: float = 0.2, strict: bool = False, test_data: str | None = None,
+                 keep_checkpoint: bool = False) -> FinetuneResult:
     """Load, split (or take the given splits), fine-tune and write ``OUT/model`` + ``OUT/summary.json``."""
     out = Path(out)
     torch.manual_seed(cfg.seed)  # a new head (or a --no-pretrained body) is initialized reproducibly
     loaded = load_model(model, pretrained=pretrained, weights=weights, arch=arch, trust_remote_code=trust_remote_code)
     splits = load_splits(data, test_data=test_data, val_frac=val_frac, test_frac=test_frac, seed=cfg.seed,
                          max_samples=max_samples, strict=strict)
-    result = finetune(loaded, splits, cfg, out_dir=out, resume=resume)
+    result = finetune(loaded, splits, cfg, out_dir=out, resume=resume, keep_checkpoint=keep_checkpoint)
     if int(os.environ.get("RANK", "0")) == 0:
         write_summary(out, "finetune",
                       config={"model": model, "data": data, "test_data": test_data, "finetune": result.config,
@@ -83,7 +84,8 @@ def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *,
                               "world_size": int(os.environ.get("WORLD_SIZE", "1"))},
                       metrics=result.metrics, sizes={"model_bytes": (out / "model" / "model.safetensors").stat().st_size},
                       timings=result.timings, history=result.history, best_epoch=result.best_epoch,
-                      new_keys=loaded.new_keys, artifact=str((out / "model").resolve()), decisions=result.decisions)
+                      new_keys=loaded.new_keys, artifact=str((out / "model").resolve()), decisions=result.decisions,
+                      skipped={"count": len(splits.skipped), "first": splits.skipped[:20]})
     return result
 
 
@@ -91,6 +93,13 @@ def quantize_run(source: str | Path, qcfg: QuantConfig, out: str | Path, *, data
                  batch_size: int = 32, qat: QATConfig | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Quantize, compare with float on the test split, and write the artifact and summary.json as one set
     (a killed or failed run leaves an earlier ``out`` whole)."""
+    with exclusive(out):
+        return _quantize_run(source, qcfg, out, data=data, batch_size=batch_size, qat=qat,
+                             trust_remote_code=trust_remote_code)
+
+
+def _quantize_run(source: str | Path, qcfg: QuantConfig, out: str | Path, *, data: str | None, batch_size: int,
+                  qat: QATConfig | None, trust_remote_code: bool) -> dict[str, Any]:
     src = open_source(source, data, trust_remote_code=trust_remote_code)
     calib = make_loader(src.splits.train, src.loaded, batch_size=batch_size, shuffle=True, seed=src.seed)
     t0 = time.perf_counter()
@@ -119,7 +128,13 @@ def tune_run(source: str | Path, cfg: TuneConfig, out: str | Path, *, data: str 
     """:func:`finequant.tuning.tune` on a run; trials are cached in ``OUT/trials`` (a rerun resumes)."""
     out = Path(out)
     src = open_source(source, data)
-    result = tune(src.loaded, src.splits, cfg, cache_dir=out, log_fn=log_fn)
+    with exclusive(out):
+        result = tune(src.loaded, src.splits, cfg, cache_dir=out, log_fn=log_fn)
+        _write_tune(result, src, cfg, out)
+    return result
+
+
+def _write_tune(result: TuneResult, src: Source, cfg: TuneConfig, out: Path) -> None:
     if result.sensitivity:
         from finequant.reporting.render import sensitivity_plot
         from finequant.io import atomic_write_bytes
@@ -129,7 +144,6 @@ def tune_run(source: str | Path, cfg: TuneConfig, out: str | Path, *, data: str 
         save_quantized(result.quantized, src.loaded, out)
     write_summary(out, "tune", config={"source": src.path, "data": src.data, "tune": cfg, "seed": src.seed},
                   metrics=result.metrics())
-    return result
 
 
 def evaluate_run(path: str | Path, backend: str = "onnxruntime", *, data: str | None = None,
@@ -167,4 +181,5 @@ def export_run(path: str | Path, out: str | Path, format: str = "onnx") -> dict[
     """:func:`finequant.runtime.exporters.export` of a saved model (verified before it is kept)."""
     from finequant.runtime.exporters import export
 
-    return export(path, out, format)
+    with exclusive(out):
+        return export(path, out, format)

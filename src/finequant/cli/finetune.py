@@ -32,6 +32,7 @@ def finetune_command(
     pretrained: bool = typer.Option(True, help="Use the zoo's pretrained weights."),
     trust_remote_code: bool = typer.Option(False, help="Allow a model folder's own code (model.py, HF custom code)."),
     strict: bool = typer.Option(False, help="Fail on unreadable files instead of skipping them."),
+    keep_checkpoint: bool = typer.Option(False, help="Keep checkpoint.pt after the run completes."),
     test_data: str = typer.Option(None, help="A separate test set (data spec), used as given; --data is then "
                                              "split into train and val only."),
 ) -> None:
@@ -40,7 +41,7 @@ def finetune_command(
 
     result = finetune_run(model, data, cfg, out, resume=resume, weights=weights, arch=arch, pretrained=pretrained,
                           trust_remote_code=trust_remote_code, max_samples=max_samples, val_frac=val_frac,
-                          test_frac=test_frac, strict=strict, test_data=test_data)
+                          test_frac=test_frac, strict=strict, test_data=test_data, keep_checkpoint=keep_checkpoint)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     table = Table(title=f"{model} -> {data} [{cfg.strategy}]")

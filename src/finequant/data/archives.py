@@ -9,6 +9,7 @@ archive under its content digest, so a changed archive is extracted again.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 import tempfile
@@ -18,6 +19,25 @@ from pathlib import Path, PurePosixPath
 from finequant.errors import DataError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+MAX_BYTES_ENV, MAX_FILES_ENV = "FINEQUANT_MAX_ARCHIVE_MB", "FINEQUANT_MAX_ARCHIVE_FILES"
+MAX_RATIO = 200  # image archives compress a few times at most; zip bombs compress ~1000x
+
+
+def _limits() -> tuple[int, int]:
+    try:
+        return (int(os.environ.get(MAX_BYTES_ENV, "8192")) << 20, int(os.environ.get(MAX_FILES_ENV, "1000000")))
+    except ValueError as e:
+        raise DataError(f"{MAX_BYTES_ENV}/{MAX_FILES_ENV} must be integers ({e})") from e
+
+
+def _check_size(archive: Path, total: int, count: int) -> None:
+    """Refuse an archive that would expand beyond the limits, before anything is written."""
+    max_bytes, max_files = _limits()
+    packed = max(archive.stat().st_size, 1)
+    if total > max_bytes or count > max_files or (total > 64 << 20 and total / packed > MAX_RATIO):
+        raise DataError(f"{archive}: expands to {total / 2**20:.0f} MB in {count} files from {packed / 2**20:.1f} MB "
+                        f"(limits: {max_bytes >> 20} MB, {max_files} files, {MAX_RATIO}x compression); refusing it "
+                        f"as a possible decompression bomb. Raise {MAX_BYTES_ENV}/{MAX_FILES_ENV} if you trust it")
 
 
 def is_archive(path: Path) -> bool:
@@ -52,6 +72,7 @@ def extract_archive(archive: Path) -> Path:
                     _check_member(archive, info.filename)
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise DataError(f"{archive}: member {info.filename!r} is a symbolic link; refusing the archive")
+                _check_size(archive, sum(i.file_size for i in z.infolist()), len(z.infolist()))
                 z.extractall(tmp)
         else:
             with tarfile.open(archive) as t:
@@ -59,6 +80,7 @@ def extract_archive(archive: Path) -> Path:
                     _check_member(archive, m.name)
                     if not (m.isfile() or m.isdir()):
                         raise DataError(f"{archive}: member {m.name!r} is a link or device file; refusing the archive")
+                _check_size(archive, sum(m.size for m in t.getmembers()), len(t.getmembers()))
                 t.extractall(tmp, filter="data")
         tmp.rename(dest)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:

@@ -82,6 +82,8 @@ class Splits:
     train: LabeledData
     val: LabeledData
     test: LabeledData
+    skipped: list[str] = field(default_factory=list)
+    """Inputs skipped while loading (unreadable files, decompression bombs, empty rows), one line each."""
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -125,7 +127,7 @@ def stratified_split(data: LabeledData, *, val_frac: float = 0.1, test_frac: flo
         parts["test"] += idx[:n_test].tolist()
         parts["val"] += idx[n_test:n_test + n_val].tolist()
         parts["train"] += idx[n_test + n_val:].tolist()
-    return Splits(**{k: data.subset(np.sort(v)) for k, v in parts.items()})
+    return Splits(**{k: data.subset(np.sort(v)) for k, v in parts.items()}, skipped=list(data.warnings))
 
 
 def load_splits(data: str, *, test_data: str | None = None, val_frac: float = 0.1, test_frac: float = 0.2,
@@ -155,5 +157,6 @@ def _given_splits(data: LabeledData, *, val_frac: float, seed: int, max_samples:
     train = data.subset(where["train"])
     if not len(where["val"]):
         inner = stratified_split(replace(train, split=None), val_frac=0.0, test_frac=max(val_frac, 0.05), seed=seed)
-        return Splits(train=inner.train, val=inner.test, test=data.subset(where["test"]))
-    return Splits(train=train, val=data.subset(where["val"]), test=data.subset(where["test"]))
+        return Splits(train=inner.train, val=inner.test, test=data.subset(where["test"]), skipped=list(data.warnings))
+    return Splits(train=train, val=data.subset(where["val"]), test=data.subset(where["test"]),
+                  skipped=list(data.warnings))

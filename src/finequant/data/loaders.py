@@ -24,7 +24,7 @@ def to_rgb(item: Any) -> Image.Image:
         try:
             with Image.open(item) as im:
                 return im.convert("RGB")
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {item}: {e}; run `finequant data inspect` to find bad files") from e
     arr = np.asarray(item)
     if arr.dtype != np.uint8:

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import warnings as py_warnings  # (local lists below are named warnings)
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -36,10 +37,14 @@ def image_problem(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:  # verify() leaves the image unusable; decode fully once more
-            im.load()
+        with py_warnings.catch_warnings():
+            py_warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()
+            with Image.open(path) as im:  # verify() leaves the image unusable; decode fully once more
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"decompression bomb: {str(e)[:100]}"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"unreadable image ({type(e).__name__}: {str(e)[:80]})"
     return None

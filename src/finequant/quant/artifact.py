@@ -107,10 +107,19 @@ def load_quantized(path: str | Path, *, trust_remote_code: bool = False) -> tupl
     path = Path(path)
     if not (path / QUANT_CONFIG).is_file():
         raise ModelError(f"{path} is not a finequant quantized model: {QUANT_CONFIG} is missing")
-    meta = json.loads((path / QUANT_CONFIG).read_text())
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"{path}: quantized format {meta['format_version']} is newer than this finequant")
-    tensors = load_file(str(path / QUANT_WEIGHTS))
+    try:
+        meta = json.loads((path / QUANT_CONFIG).read_text())
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or not isinstance(meta.get("layers"), dict):
+            raise ValueError("format_version must be an integer and layers an object")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"{path / QUANT_CONFIG} is damaged ({e}); quantize the model again") from e
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{path}: quantized format {version} is newer than this finequant")
+    try:
+        tensors = load_file(str(path / QUANT_WEIGHTS))
+    except Exception as e:  # safetensors raises its own SafetensorError on a truncated or damaged file
+        raise ModelError(f"{path / QUANT_WEIGHTS} is damaged or truncated ({e}); quantize the model again") from e
     loaded = build_from_config(path, trust_remote_code=trust_remote_code)
     decoded = {name: _decode_weight(entry, tensors, name) for name, entry in meta["layers"].items()}
     qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]],

@@ -28,6 +28,7 @@ def _figure() -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # run names are data: "$x$" must print as typed
     import matplotlib.pyplot as plt
 
     return plt, plt.subplots(figsize=(6.4, 4.2))
@@ -247,14 +248,19 @@ def _html(c: Collected, variants: list[Variant], images: list[tuple[str, str, by
     return "\n".join(parts)
 
 
+def _md(text: str) -> str:
+    """Run data in Markdown: HTML-escaped (no live tags) and table-safe."""
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
 def _markdown(c: Collected, variants: list[Variant], images: list[tuple[str, str, Path]]) -> str:
     def table(header: list[str], rows: list[list[str]]) -> str:
         return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(r) + " |" for r in rows])
+                         + ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows])
 
     lines = ["# finequant report", "", table(HEADER, _variant_rows(variants)), ""]
     for section, caption, path in images:
-        lines += [f"## {section}: {caption}", "", f"![{caption}]({path.as_posix()})", ""]
+        lines += [f"## {_md(section)}: {_md(caption)}", "", f"![{_md(caption)}]({path.as_posix()})", ""]
     if c.tunes:
         lines += ["## Tuning trials", "", table(["tune", "trial", "val acc", "drop pt", "latency ms", "size MB", ""],
                                                 _tune_rows(c)), ""]

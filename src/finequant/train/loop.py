@@ -27,7 +27,7 @@ from finequant.data.loaders import TextCollate, make_dataset
 from finequant.errors import ConfigError, FinequantError, ModelError
 from finequant.models.artifact import save_artifact
 from finequant.models.base import LoadedModel, forward, to_device
-from finequant.train.checkpoint import load_checkpoint, save_checkpoint
+from finequant.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from finequant.train.config import FinetuneConfig
 from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from finequant.train.metrics import confusion, metrics_from_confusion
@@ -257,16 +257,20 @@ def check_resumable(ckpt: dict[str, Any], cfg: FinetuneConfig, identity: dict[st
 
 def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfig | None = None,
              out_dir: str | Path | None = None, resume: bool = False,
-             teacher: nn.Module | None = None) -> FinetuneResult:
+             teacher: nn.Module | None = None, keep_checkpoint: bool = False) -> FinetuneResult:
     """Fine-tune ``loaded`` on ``data`` (split with ``cfg.seed`` if not already split).
 
-    Writes ``OUT/checkpoint.pt`` every epoch and ``OUT/model`` at the end when ``out_dir`` is given.
+    Writes ``OUT/checkpoint.pt`` every epoch and ``OUT/model`` at the end when ``out_dir`` is given; the
+    checkpoint (several times the model's size) is removed once the run completes unless ``keep_checkpoint``.
     With a ``teacher`` the loss mixes in distillation from its logits (``cfg.distill_weight``).
     """
     cfg = cfg or FinetuneConfig()
     info = init_distributed()
     torch.manual_seed(cfg.seed)
     splits = data if isinstance(data, Splits) else stratified_split(data, seed=cfg.seed)
+    if not len(splits.val):
+        raise ConfigError("the validation split is empty: it picks the best epoch and tunes the head; "
+                          "use val_frac > 0 (e.g. 0.1) or give a val split")
     classes = splits.train.classes
     loaded.set_num_classes(len(classes), classes)
     native_size = loaded.preprocess.input_size if loaded.preprocess else 0
@@ -421,4 +425,6 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
                             cfg, decisions)
     if out is not None and info.is_main:
         save_artifact(loaded, out / "model")
+        if not keep_checkpoint:  # the run is complete: the model is saved, the resume state is not needed
+            (out / CHECKPOINT).unlink(missing_ok=True)
     return result
