@@ -145,9 +145,10 @@ def _summary(path):
 
 
 @pytest.mark.slow  # subprocesses / a real transformer: ~20-60 s
-def test_resume_after_sigkill_reaches_the_same_result(tmp_path):
+@pytest.mark.parametrize("augment", ["none", "light"])
+def test_resume_after_sigkill_reaches_the_same_result(tmp_path, augment):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    args = ["--epochs", "5"]
+    args = ["--epochs", "5", "--augment", augment]
     subprocess.run([*CLI, *args, "--out", str(ref)], check=True, capture_output=True)
     proc = subprocess.Popen([*CLI, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -303,6 +303,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf, "epoch": -1, "state": None}
     start_epoch, ckpt = 0, None
+    check_input(loaded, train_set, collate, device, native_size)  # before the RNG is restored: it augments
     if resume:
         if out is None:
             raise ConfigError("resume needs out_dir (the folder of the interrupted run)")
@@ -314,7 +315,6 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
         torch.set_rng_state(ckpt["rng"])
         log.info("resuming %s after epoch %d", out, ckpt["epoch"])
 
-    check_input(loaded, train_set, collate, device, native_size)
     timings: dict[str, float] = {"feature_extraction_s": 0.0}
     cache: dict[str, TensorDataset] = {}
     opt = sched = train_module = None
