@@ -18,7 +18,7 @@ import torch
 
 from finequant.data import Splits, align_classes, load_data, load_splits, make_loader, stratified_split
 from finequant.errors import SpecError
-from finequant.io import atomic_folder, exclusive
+from finequant.io import atomic_folder, atomic_write_bytes, exclusive
 from finequant.models import LoadedModel, load_artifact, load_model
 from finequant.quant import QATConfig, QuantConfig, quantize
 from finequant.quant.artifact import QUANT_WEIGHTS, save_quantized
@@ -137,7 +137,6 @@ def tune_run(source: str | Path, cfg: TuneConfig, out: str | Path, *, data: str 
 def _write_tune(result: TuneResult, src: Source, cfg: TuneConfig, out: Path) -> None:
     if result.sensitivity:
         from finequant.reporting.render import sensitivity_plot
-        from finequant.io import atomic_write_bytes
 
         atomic_write_bytes(out / "sensitivity.png", sensitivity_plot(result.sensitivity))
     if result.quantized is not None:

@@ -30,7 +30,7 @@ class LayerPlan:
 MethodFn = Callable[[nn.Module, QuantConfig], "LayerPlan | str"]
 
 
-def weight_spec(layer: nn.Module, cfg: QuantConfig, scheme: str | None = None) -> QuantSpec:
+def weight_spec(layer: nn.Module, cfg: QuantConfig) -> QuantSpec:
     """Signed symmetric weights, per output channel (axis 0) or per group of inputs."""
     granularity = cfg.granularity
     if granularity == "per-group" and layer.weight[0].numel() % cfg.group_size:
@@ -38,7 +38,7 @@ def weight_spec(layer: nn.Module, cfg: QuantConfig, scheme: str | None = None) -
                  type(layer).__name__, layer.weight[0].numel(), cfg.group_size)
         granularity = "per-channel"
     bits = 7 if cfg.reduce_range and cfg.weight_bits == 8 else cfg.weight_bits  # see finequant.cpu
-    return QuantSpec(scheme=scheme or cfg.scheme, bits=bits, symmetric=True, signed=True,
+    return QuantSpec(scheme=cfg.scheme, bits=bits, symmetric=True, signed=True,
                      granularity=granularity, axis=0, group_size=cfg.group_size)
 
 
