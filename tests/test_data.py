@@ -129,8 +129,14 @@ def test_given_splits_are_used_as_given(tmp_path):
 def test_csv_rows_with_stray_commas_are_errors_not_new_classes(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("text,label\ngood film,pos\nbad, really bad,neg\n")
-    with pytest.raises(DataError, match="row 3 has more fields.*quote fields"):
+    with pytest.raises(DataError, match="row 3 has more fields.*quote fields.*bad_rows=skip"):
         load_data(f"csv:{path}")
+    path.write_text("text,label\ngood film,pos\nbad, really bad,neg\nfine,pos\nshort\n")
+    data = load_data(f"csv:{path}?bad_rows=skip")
+    assert data.items == ["good film", "fine"] and data.classes == ["pos"]
+    assert data.warnings == ["row 3 has more fields than the header's 2", "row 5 has fewer fields than the header's 2"]
+    with pytest.raises(DataError, match="bad_rows='maybe'"):
+        load_data(f"csv:{path}?bad_rows=maybe")
 
 
 def test_eval_data_is_scored_in_full_with_classes_matched_by_name(tmp_path):

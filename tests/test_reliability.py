@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from finequant.data import load_data, stratified_split
+from finequant.errors import FinequantError
 from finequant.io import atomic_write_bytes
 from finequant.models.base import LoadedModel, Preprocess
 from finequant.train import FinetuneConfig, TrainingDiverged, finetune
@@ -54,7 +55,7 @@ def test_full_disk_leaves_no_partial_file_under_the_final_name(tmp_path, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(FinequantError, match="cannot write .*model.safetensors: No space left on device; free space"):
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old and complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left behind

@@ -1,6 +1,7 @@
 """Reliability round 2: no silent wrong numbers, consent for code, outputs replaced as a set, clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,143 @@ def test_an_empty_validation_split_is_refused_before_training():
     splits = stratified_split(load_data("digits"), val_frac=0.0, seed=0, max_samples=100)
     with pytest.raises(ConfigError, match="validation split is empty"):
         finetune(_cnn_model(), splits, FinetuneConfig(epochs=1))
+
+
+def test_a_source_run_that_moved_or_changed_is_refused_not_replaced_by_other_splits(tmp_path):
+    from finequant.models import load_model, save_artifact
+    from finequant.run import Run
+    from finequant.summary import write_summary
+    from finequant.workflow import quantize_run
+
+    torch.manual_seed(0)
+    loaded, ft, q = load_model("timm:test_efficientnet", pretrained=False, num_classes=10), tmp_path / "ft", tmp_path / "q"
+    save_artifact(loaded, ft / "model")
+    write_summary(ft, "finetune", config={"data": "digits", "finetune": {"seed": 3}, "max_samples": 100})
+    quantize_run(ft, QuantConfig(calib_batches=1), q)
+    recorded = json.loads((q / "summary.json").read_text())["config"]["source_sha256"]
+    assert recorded == Run.open(ft).weights_digest() and Run.open(q).seed() == 3
+    assert len(Run.open(q).splits().test) == len(Run.open(ft).splits().test)
+
+    weights = ft / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    next(loaded.model.parameters()).data += 1.0  # retrained in place
+    save_artifact(loaded, ft / "model")
+    with pytest.raises(ModelError, match=f"changed since \\(weights sha256 {recorded}"):
+        Run.open(q).splits()
+    weights.write_bytes(original)
+    ft.rename(tmp_path / "moved")
+    with pytest.raises(ModelError, match="is gone; move it back there, or pass data=SPEC"):
+        Run.open(q).seed()
+
+
+def test_an_unwritable_or_full_out_fails_before_any_work(tmp_path, monkeypatch):
+    import shutil
+
+    from finequant import io
+    from finequant.data import load_data, stratified_split
+    from finequant.train import FinetuneConfig, finetune
+
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=100)
+    trained = []
+    monkeypatch.setattr("finequant.train.loop.check_input", lambda *a: trained.append(1))
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FinequantError, match="cannot write .*file/out: .*file is a file, not a folder; pick another --out"):
+        finetune(_cnn_model(), splits, FinetuneConfig(epochs=1), out_dir=tmp_path / "file" / "out")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(FinequantError, match=r"1.0 KB free on its disk, this step needs about [\d.]+ KB"):
+        finetune(_cnn_model(), splits, FinetuneConfig(epochs=1), out_dir=tmp_path / "run")
+    assert not trained  # refused before the first batch (a write failing later: test_reliability.py)
+
+
+def test_a_finetune_killed_while_saving_never_leaves_new_weights_beside_old_numbers(tmp_path, monkeypatch):
+    from finequant.data import load_data, stratified_split
+    from finequant.run import Run
+    from finequant.summary import write_summary
+    from finequant.train import FinetuneConfig, finetune
+
+    splits = stratified_split(load_data("digits"), seed=0, max_samples=100)
+    out = tmp_path / "run"
+    finetune(_cnn_model(), splits, FinetuneConfig(epochs=1, strategy="full"), out_dir=out)
+    write_summary(out, "finetune", config={"data": "digits"})
+    old = (out / "model" / "model.safetensors").read_bytes()
+
+    def killed(loaded, folder):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("finequant.train.loop.save_artifact", killed)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_cnn_model(), splits, FinetuneConfig(epochs=1, strategy="full", lr=0.5), out_dir=out)
+    assert (out / "model" / "model.safetensors").read_bytes() == old
+    with pytest.raises(ModelError, match="not a finequant run folder"):
+        Run.open(out)
+
+
+def test_an_archive_in_a_read_only_folder_is_extracted_to_the_user_cache(tmp_path, image_folder, monkeypatch):
+    import shutil
+    import tempfile
+
+    from finequant.data import archives, load_data
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    archive = shutil.make_archive(str(ro / "pets"), "zip", image_folder)
+    real = tempfile.mkdtemp
+
+    def read_only(prefix, dir):
+        if Path(dir) == ro:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(archives.tempfile, "mkdtemp", read_only)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = load_data(f"imagefolder:{archive}")
+    assert len(data) == 18 and str(tmp_path / "cache" / "finequant" / "extracted") in str(data.items[0])
+    assert [p.name for p in ro.iterdir()] == ["pets.zip"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("")
+    shutil.copy(archive, tmp_path / "other.zip")
+    (tmp_path / "other.zip").rename(ro / "other.zip")
+    with pytest.raises(DataError, match="nowhere to extract it .*; extract it yourself"):
+        load_data(f"imagefolder:{ro / 'other.zip'}")
+
+
+def test_runtime_work_folders_are_removed_after_evaluation_and_benchmarks(tmp_path, monkeypatch):
+    import tempfile
+
+    from finequant.data import load_data
+    from finequant.runtime.evaluate import bench, evaluate
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    loaded = _cnn_model()
+    qm = quantize(loaded, QuantConfig(calib_batches=1), [torch.rand(2, 3, 16, 16)])
+    rows = bench({"q": qm}, ["onnxruntime", "pytorch"], [1], loaded=loaded, rounds=2)
+    assert {r["backend"] for r in rows} == {"onnxruntime", "pytorch"}
+    test = load_data("digits")
+    test.items, test.labels = test.items[:20], test.labels[:20]
+    assert evaluate(qm, test, "onnxruntime", loaded=loaded)["samples"] == 20
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_timing_is_fair_on_a_cpu_that_slows_down(monkeypatch):
+    """Two identical models on a machine getting slower call by call: alternating blocks keep their ratio
+    near 1 where timing one after the other (the old ``bench``) reports a 'speed-up' that is only drift."""
+    from finequant.runtime import bench
+
+    clock = {"t": 0.0, "calls": 0}
+
+    class Drifting:
+        def predict(self, x):
+            clock["calls"] += 1
+            clock["t"] += 1.0 + 0.01 * clock["calls"]
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["t"])
+    x = np.zeros((1, 3), np.float32)
+
+    def ratio(cycles):
+        clock.update(t=0.0, calls=0)
+        t = bench.measure_side_by_side({"a": Drifting(), "b": Drifting()}, x, rounds=30, cycles=cycles)
+        return t["b"]["p50_ms"] / t["a"]["p50_ms"]
+
+    assert ratio(cycles=5) < 1.07 and ratio(cycles=1) > 1.2

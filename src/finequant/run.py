@@ -1,8 +1,9 @@
 """``Run``: a run folder (finetune, quantize, tune output) and what it tells later steps.
 
 A finetune run records the model and data specs and the exact split settings; quantize and tune runs
-record their source run (an absolute path). ``Run.open(path).splits()`` rebuilds the very splits the
-fine-tune used, so later steps evaluate on its test split wherever they are started from.
+record their source run (an absolute path and the SHA-256 of its weights). ``Run.open(path).splits()``
+rebuilds the very splits the fine-tune used, so later steps evaluate on its test split wherever they
+are started from; a source that moved or changed since is an error, never a silent other split.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from finequant.errors import ModelError, SpecError
+from finequant.io import file_digest
 from finequant.summary import SUMMARY
+
+WEIGHT_FILES = ("model.safetensors", "quant.safetensors")
 
 
 @dataclass
@@ -47,13 +51,28 @@ class Run:
         return self.summary.get("config") or {}
 
     def source(self) -> Run | None:
-        """The run this one was made from (quantize/tune -> finetune), or None."""
+        """The run this one was made from (quantize/tune -> finetune), or None for a model spec.
+        Raises when the recorded source run is gone or its weights changed since."""
         src = self.config.get("source")
         if not src or not isinstance(src, str):
             return None
+        recorded = self.config.get("source_sha256")
         if not (Path(src) / SUMMARY).is_file():
+            if recorded and not Path(src).is_dir():
+                raise ModelError(f"{self.path}: its source run {src} (weights sha256 {recorded}) is gone; move it "
+                                 "back there, or pass data=SPEC (--data) to judge this model on other data")
             return None  # a model folder or spec, not a run
-        return Run.open(src, self._seen)
+        run = Run.open(src, self._seen)
+        if recorded and (now := run.weights_digest()) != recorded:
+            raise ModelError(f"{self.path}: its source run {src} changed since (weights sha256 {recorded}, now "
+                             f"{now}); rerun this step on it, or pass data=SPEC (--data) to judge on other data")
+        return run
+
+    def weights_digest(self) -> str | None:
+        """SHA-256 (16 hex digits) of this run's weights file, or None if it has none."""
+        folder = self.model_folder()
+        file = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+        return file_digest(file) if file else None
 
     def origin(self) -> Run:
         """The finetune run at the start of the source chain (or this run)."""

@@ -6,6 +6,7 @@ splits of the fine-tune follow the model), calls the in-memory verb (``finetune`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ import torch
 
 from finequant.data import Splits, align_classes, load_data, load_splits, make_loader, stratified_split
 from finequant.errors import SpecError
-from finequant.io import atomic_folder, atomic_write_bytes, exclusive
+from finequant.io import atomic_folder, atomic_write_bytes, check_writable, exclusive
 from finequant.models import LoadedModel, load_artifact, load_model
 from finequant.quant import QATConfig, QuantConfig, quantize
 from finequant.quant.artifact import QUANT_WEIGHTS, save_quantized
@@ -41,6 +42,11 @@ class Source:
     data: str
     seed: int
     path: str
+    sha256: str | None = None  # of the source's weights file (None for a zoo spec)
+
+    def record(self) -> dict[str, Any]:
+        """What a run made from this source writes into its summary's config."""
+        return {"source": self.path, "source_sha256": self.sha256, "data": self.data, "seed": self.seed}
 
 
 def open_source(source: str | Path, data: str | None = None, *, trust_remote_code: bool = False) -> Source:
@@ -49,18 +55,20 @@ def open_source(source: str | Path, data: str | None = None, *, trust_remote_cod
     if (path / SUMMARY).is_file() and (path / "model" / "model.json").is_file():
         run = Run.open(path)
         loaded = load_artifact(run.model_folder(), trust_remote_code=trust_remote_code)
-        return Source(loaded, run.splits(data), run.data_spec(data), run.seed(), str(run.path))
+        return Source(loaded, run.splits(data), run.data_spec(data), run.seed(), str(run.path), run.weights_digest())
     if not data:
         raise SpecError(f"{source} is not a finetune run folder: pass data=SPEC (--data) to say what to judge it on")
+    digest = None
     if (path / "model.json").is_file():
         loaded, where = load_artifact(path, trust_remote_code=trust_remote_code), str(path.resolve())
+        digest = Run(path.resolve(), {}).weights_digest()
     else:
         loaded, where = load_model(str(source), trust_remote_code=trust_remote_code), str(source)
     splits = stratified_split(load_data(data), seed=0)
     if loaded.classes is None or len(loaded.classes) != len(splits.train.classes):
         torch.manual_seed(0)
         loaded.set_num_classes(len(splits.train.classes), splits.train.classes)
-    return Source(loaded, splits, data, 0, where)
+    return Source(loaded, splits, data, 0, where, digest)
 
 
 def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *, resume: bool = False,
@@ -74,7 +82,8 @@ def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *,
     loaded = load_model(model, pretrained=pretrained, weights=weights, arch=arch, trust_remote_code=trust_remote_code)
     splits = load_splits(data, test_data=test_data, val_frac=val_frac, test_frac=test_frac, seed=cfg.seed,
                          max_samples=max_samples, strict=strict)
-    result = finetune(loaded, splits, cfg, out_dir=out, resume=resume, keep_checkpoint=keep_checkpoint)
+    with exclusive(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        result = finetune(loaded, splits, cfg, out_dir=out, resume=resume, keep_checkpoint=keep_checkpoint)
     if int(os.environ.get("RANK", "0")) == 0:
         write_summary(out, "finetune",
                       config={"model": model, "data": data, "test_data": test_data, "finetune": result.config,
@@ -101,6 +110,7 @@ def quantize_run(source: str | Path, qcfg: QuantConfig, out: str | Path, *, data
 def _quantize_run(source: str | Path, qcfg: QuantConfig, out: str | Path, *, data: str | None, batch_size: int,
                   qat: QATConfig | None, trust_remote_code: bool) -> dict[str, Any]:
     src = open_source(source, data, trust_remote_code=trust_remote_code)
+    check_writable(out, _param_bytes(src.loaded.model))
     calib = make_loader(src.splits.train, src.loaded, batch_size=batch_size, shuffle=True, seed=src.seed)
     t0 = time.perf_counter()
     qm = quantize(src.loaded, qcfg, calib, train_data=src.splits, qat=qat)
@@ -109,14 +119,14 @@ def _quantize_run(source: str | Path, qcfg: QuantConfig, out: str | Path, *, dat
     metrics = compare_models(src.loaded.model, qm.model, make_loader(src.splits.test, src.loaded, batch_size=128),
                              len(src.splits.train.classes))
     eval_s = time.perf_counter() - t0
-    float_bytes = sum(p.numel() * 4 for p in src.loaded.model.parameters())
+    float_bytes = _param_bytes(src.loaded.model)
     with atomic_folder(out) as tmp:
         save_quantized(qm, src.loaded, tmp)
         sizes = {"float32_bytes": float_bytes, "packed_weight_bytes": qm.packed_weight_bytes(),
                  "artifact_bytes": (tmp / QUANT_WEIGHTS).stat().st_size}
         sizes["size_ratio"] = sizes["artifact_bytes"] / float_bytes
-        write_summary(tmp, "quantize", config={"source": src.path, "data": src.data, "quantize": qcfg,
-                                               "qat": qat if qcfg.info.trained else None, "seed": src.seed},
+        write_summary(tmp, "quantize", config={**src.record(), "quantize": qcfg,
+                                               "qat": qat if qcfg.info.trained else None},
                       metrics=metrics, sizes=sizes, timings={"quantize_s": quant_s, "eval_s": eval_s},
                       layers=qm.layers, float_layers=qm.float_layers(), folded=qm.folded, ptq=qm.ptq_report)
     return {"metrics": metrics, "sizes": sizes, "float_layers": qm.float_layers(),
@@ -128,6 +138,7 @@ def tune_run(source: str | Path, cfg: TuneConfig, out: str | Path, *, data: str 
     """:func:`finequant.tuning.tune` on a run; trials are cached in ``OUT/trials`` (a rerun resumes)."""
     out = Path(out)
     src = open_source(source, data)
+    check_writable(out, _param_bytes(src.loaded.model))
     with exclusive(out):
         result = tune(src.loaded, src.splits, cfg, cache_dir=out, log_fn=log_fn)
         _write_tune(result, src, cfg, out)
@@ -141,7 +152,7 @@ def _write_tune(result: TuneResult, src: Source, cfg: TuneConfig, out: Path) -> 
         atomic_write_bytes(out / "sensitivity.png", sensitivity_plot(result.sensitivity))
     if result.quantized is not None:
         save_quantized(result.quantized, src.loaded, out)
-    write_summary(out, "tune", config={"source": src.path, "data": src.data, "tune": cfg, "seed": src.seed},
+    write_summary(out, "tune", config={**src.record(), "tune": cfg},
                   metrics=result.metrics())
 
 
@@ -180,5 +191,10 @@ def export_run(path: str | Path, out: str | Path, format: str = "onnx") -> dict[
     """:func:`finequant.runtime.exporters.export` of a saved model (verified before it is kept)."""
     from finequant.runtime.exporters import export
 
+    check_writable(out, 2 * sum(f.stat().st_size for f in Path(path).glob("*.safetensors")))
     with exclusive(out):
         return export(path, out, format)
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * 4 for p in model.parameters())

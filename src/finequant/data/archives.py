@@ -8,7 +8,6 @@ archive under its content digest, so a changed archive is extracted again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -17,6 +16,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from finequant.errors import DataError
+from finequant.io import file_digest
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 MAX_BYTES_ENV, MAX_FILES_ENV = "FINEQUANT_MAX_ARCHIVE_MB", "FINEQUANT_MAX_ARCHIVE_FILES"
@@ -51,20 +51,24 @@ def _check_member(archive: Path, name: str) -> None:
                         "refusing the archive (re-create it with relative paths)")
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def extract_archive(archive: Path) -> Path:
     """The folder holding ``archive``'s contents (extracted once, verified member by member)."""
-    dest = archive.parent / f".{archive.name}.{_digest(archive)}.extracted"
-    if dest.is_dir():
-        return dest
-    tmp = Path(tempfile.mkdtemp(prefix=".extracting-", dir=archive.parent))
+    name = f".{archive.name}.{file_digest(archive)}.extracted"
+    # beside the archive, or in the user's cache when the archive's folder is read-only
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finequant" / "extracted"
+    for dest in (archive.parent / name, cache / name):
+        if dest.is_dir():
+            return dest
+    tmp = None
+    for root in (archive.parent, cache):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp, dest = Path(tempfile.mkdtemp(prefix=".extracting-", dir=root)), root / name
+            break
+        except OSError as e:
+            error = e
+    if tmp is None:
+        raise DataError(f"{archive}: nowhere to extract it ({error}); extract it yourself and pass the folder")
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as z:

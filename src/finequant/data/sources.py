@@ -120,9 +120,14 @@ def _read_csv_rows(path: Path) -> list[dict[str, str]]:
         raise DataError(f"csv:{path}: not a valid CSV file ({e}); check quoting and line endings") from e
 
 
-@DATA_SOURCES.register("csv", "csv:PATH[?text=COL|image=COL&label=COL&split=COL] - a table of texts or image paths")
+@DATA_SOURCES.register("csv", "csv:PATH[?text=COL|image=COL&label=COL&split=COL&bad_rows=skip] - a table of "
+                                "texts or image paths")
 def csv_source(path: str, *, strict: bool = False, label: str = "label", text: str | None = None,
-               image: str | None = None, split: str | None = None, **_: str) -> LabeledData:
+               image: str | None = None, split: str | None = None, bad_rows: str = "error", **_: str) -> LabeledData:
+    """Rows whose field count differs from the header's are errors, or skipped and counted with
+    ``bad_rows=skip`` (an option of the spec, so every later step reads the same rows)."""
+    if bad_rows not in ("error", "skip"):
+        raise DataError(f"csv:{path}: bad_rows={bad_rows!r}; use bad_rows=error (the default) or bad_rows=skip")
     p = Path(path)
     if not p.is_file():
         raise DataError(f"csv:{path}: no such file")
@@ -142,9 +147,12 @@ def csv_source(path: str, *, strict: bool = False, label: str = "label", text: s
     items, names, warnings, parts = [], [], [], []
     for i, row in enumerate(rows, start=2):
         if None in row or any(v is None for v in row.values()):  # csv.DictReader's marks of a ragged row
-            more = "more" if None in row else "fewer"
-            raise DataError(f"csv:{path}: row {i} has {more} fields than the header's {len(cols)}; quote fields "
-                            "that contain commas (a stray comma would otherwise turn text into a new class)")
+            msg = f"row {i} has {'more' if None in row else 'fewer'} fields than the header's {len(cols)}"
+            if bad_rows == "error":
+                raise DataError(f"csv:{path}: {msg}; quote fields that contain commas (a stray comma would otherwise "
+                                f"turn text into a new class), or skip such rows with csv:{path}?bad_rows=skip")
+            warnings.append(msg)
+            continue
         if split is not None:
             part = SPLIT_ALIASES.get((row.get(split) or "").strip().lower())
             if part is None:
@@ -245,9 +253,9 @@ def load_data(spec: str, *, strict: bool = False) -> LabeledData:
         raise SpecError(DATA_SOURCES.unknown_message(head if sep else spec))
     arg, _, query = rest.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=False))
-    unknown = set(options) - {"text", "image", "label", "split"}
-    if unknown:
-        raise SpecError(f"data spec '{spec}': unknown option(s) {sorted(unknown)}; allowed: text, image, label, split")
+    allowed = ("text", "image", "label", "split", "bad_rows")
+    if unknown := set(options) - set(allowed):
+        raise SpecError(f"data spec '{spec}': unknown option(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
     if not arg:
         raise SpecError(f"data spec '{spec}' names no path after '{head}:'")
     return DATA_SOURCES.get(head)(arg, strict=strict, **options)

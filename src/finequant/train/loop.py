@@ -25,8 +25,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from finequant.data.base import LabeledData, Splits, stratified_split
 from finequant.data.loaders import TextCollate, make_dataset
 from finequant.errors import ConfigError, FinequantError, ModelError
+from finequant.io import atomic_folder, check_writable
 from finequant.models.artifact import save_artifact
 from finequant.models.base import LoadedModel, forward, to_device
+from finequant.summary import SUMMARY
 from finequant.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from finequant.train.config import FinetuneConfig
 from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -296,6 +298,8 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     train_set = make_dataset(splits.train, loaded, cfg.augment)
     val_set = make_dataset(splits.val, loaded)
     out = Path(out_dir) if out_dir else None
+    if out is not None and info.is_main:  # checkpoint (weights, optimizer state, best weights) + the model
+        check_writable(out, 5 * sum(p.numel() * p.element_size() for p in model.parameters()))
     run_identity = {"model": loaded.spec, "classes": list(classes), "splits": splits.sizes(),
                     "train_labels": hashlib.sha256(np.asarray(splits.train.labels).tobytes()).hexdigest()[:16],
                     "world_size": info.world_size}
@@ -424,7 +428,11 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     result = FinetuneResult(loaded, {"test": test, "best_val_accuracy": best["score"]}, history, best["epoch"], timings,
                             cfg, decisions)
     if out is not None and info.is_main:
-        save_artifact(loaded, out / "model")
+        # an earlier run's summary.json stops describing the folder now (a kill from here leaves a folder
+        # that says it is incomplete, never new weights beside old numbers); the model folder lands whole
+        (out / SUMMARY).unlink(missing_ok=True)
+        with atomic_folder(out / "model") as tmp:
+            save_artifact(loaded, tmp)
         if not keep_checkpoint:  # the run is complete: the model is saved, the resume state is not needed
             (out / CHECKPOINT).unlink(missing_ok=True)
     return result
