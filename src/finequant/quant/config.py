@@ -139,11 +139,12 @@ class QATConfig:
     """QAT: batch size."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
-            raise ConfigError(f"QAT needs epochs >= 1, lr > 0 and batch_size >= 1 (got epochs={self.epochs}, "
-                              f"lr={self.lr}, batch_size={self.batch_size})")
-        if not 0 <= self.distill <= 1:
-            raise ConfigError(f"distill={self.distill} must be in [0, 1]")
+        bad = [f"{name}={value} (--qat-{name.replace('_', '-')}) must be {rule}" for name, value, rule, ok in (
+            ("epochs", self.epochs, ">= 1", self.epochs >= 1), ("lr", self.lr, "> 0", self.lr > 0),
+            ("batch_size", self.batch_size, ">= 1", self.batch_size >= 1),
+            ("distill", self.distill, "in [0, 1]", 0 <= self.distill <= 1)) if not ok]
+        if bad:
+            raise ConfigError(f"QAT setting {'; '.join(bad)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QATConfig:
