@@ -206,7 +206,7 @@ def test_linear_probe_matches_a_tuned_logistic_regression():
 
 def test_batchnorm_policy_keeps_pretrained_statistics_on_small_data_and_trains_fresh_ones():
     from finequant.train.distributed import DistInfo
-    from finequant.train.loop import bn_policy
+    from finequant.train.defaults import bn_policy
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     assert bn_policy(net, 1000, 64, DistInfo())[0] is False  # random init: nothing to keep

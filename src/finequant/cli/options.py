@@ -65,10 +65,25 @@ def _option_params(spec: ConfigOptions) -> list[inspect.Parameter]:
         help_text = docs.get(f.name, "")
         if f.name in spec.choices:
             help_text += f" One of: {spec.choices[f.name]}."
+        if _number_or_word(tp):  # typer takes no unions: read a string, parse it in with_configs
+            tp, default = str, str(default)
         option = typer.Option(default, *names, help=help_text, show_default=True)
         params.append(inspect.Parameter(spec.prefix.replace("-", "_") + f.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=option, annotation=tp))
     return params
+
+
+def _number_or_word(tp: Any) -> bool:
+    """A field that takes a number or a word (``lr: float | str``: 3e-3 or auto)."""
+    args = set(typing.get_args(tp))
+    return str in args and bool(args & {int, float})
+
+
+def _parse_number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def with_configs(*specs: ConfigOptions) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -83,6 +98,8 @@ def with_configs(*specs: ConfigOptions) -> Callable[[Callable[..., Any]], Callab
             for s in specs:
                 pre = s.prefix.replace("-", "_")
                 values = {f.name: kwargs.pop(pre + f.name) for f in fields(s.cls) if pre + f.name in kwargs}
+                hints = typing.get_type_hints(s.cls)
+                values = {k: _parse_number(v) if _number_or_word(hints[k]) else v for k, v in values.items()}
                 kwargs[s.arg] = s.cls(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()})
             return fn(**kwargs)
 

@@ -15,7 +15,7 @@ from finequant.data.transforms import image_transform
 from finequant.errors import DataError
 from finequant.models.base import LoadedModel
 
-MAX_TEXT_TOKENS = 128
+MAX_TEXT_TOKENS = 512  # at most; the tokenizer's own limit when lower
 
 
 def to_rgb(item: Any) -> Image.Image:
@@ -57,8 +57,10 @@ class TextDataset(Dataset):
 class TextCollate:
     """Tokenize a batch of (text, label) with dynamic padding, truncating long texts."""
 
-    def __init__(self, tokenizer: Any, max_tokens: int = MAX_TEXT_TOKENS) -> None:
-        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+    def __init__(self, tokenizer: Any, max_tokens: int | None = None) -> None:
+        # a fine-tuned model's tokenizer carries the limit chosen from its training texts
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens or min(int(tokenizer.model_max_length), MAX_TEXT_TOKENS)
 
     def __call__(self, batch: list[tuple[str, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         texts, labels = zip(*batch)

@@ -35,10 +35,13 @@ class FinetuneConfig:
     """Training epochs, all phases together."""
     batch_size: int = 64
     """Global batch size (split across torchrun processes)."""
-    lr: float = 1e-3
-    """Head learning rate."""
+    lr: float | str = 1e-3
+    """Head learning rate, or auto (a range test at the start of the first optimizer phase picks it)."""
     lr_mult: float = 10.0
     """Body LR = lr / lr_mult (discriminative learning rates)."""
+    layer_decay: float | None = None
+    """Body LR multiplier per block from the top (block i of L gets layer_decay^(L-i)); default 0.8 for
+    transformers, 1 otherwise."""
     weight_decay: float = 0.01
     """AdamW weight decay (not on norms and biases)."""
     schedule: str = "cosine"
@@ -77,6 +80,10 @@ class FinetuneConfig:
     """Head-only phases on cached features: lbfgs (fit to convergence, L2 chosen on val) or sgd (epochs of AdamW)."""
     image_size: int | None = None
     """Input size in px (default: the model's)."""
+    channels_last: bool | None = None
+    """Images: train in channels_last memory format (default: on for models with convolutions)."""
+    max_tokens: int | None = None
+    """Text: truncate at this many tokens (default: 99% of the training texts fit, at most the encoder's limit)."""
     max_grad_norm: float | None = 5.0
     """Clip gradients to this norm (none: no clipping)."""
     distill_weight: float = 0.5
@@ -96,10 +103,13 @@ class FinetuneConfig:
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("sampler", self.sampler, SAMPLERS)
         _choice("probe", self.probe, ("lbfgs", "sgd"))
-        if self.lr > 1:
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise ConfigError(f"lr={self.lr!r}: give a number (e.g. 1e-3) or auto")
+        if not isinstance(self.lr, str) and self.lr > 1:
             raise ConfigError(f"lr={self.lr!r} is far above any fine-tuning rate (AdamW: 1e-5 .. 1e-2); "
                               "training would diverge: use e.g. 1e-3")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "lr_mult": self.lr_mult}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr_mult": self.lr_mult,
+                    **({} if isinstance(self.lr, str) else {"lr": self.lr})}
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{key}={value!r} must be > 0")
@@ -117,6 +127,10 @@ class FinetuneConfig:
             raise ConfigError(f"lp_epochs={self.lp_epochs} must be between 1 and epochs-1 ({self.epochs - 1})")
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ConfigError(f"early_stopping={self.early_stopping} must be >= 1 epoch (or None)")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ConfigError(f"max_tokens={self.max_tokens} must be >= 2")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"image_size={self.image_size} is too small; use >= 16 (e.g. 64)")
 

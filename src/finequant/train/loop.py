@@ -31,7 +31,9 @@ from finequant.models.base import LoadedModel, forward, to_device
 from finequant.summary import SUMMARY
 from finequant.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from finequant.train.config import FinetuneConfig
+from finequant.train.defaults import layer_depths, resolve_defaults
 from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from finequant.train.lr_find import find_lr
 from finequant.train.metrics import confusion, metrics_from_confusion
 from finequant.train.probe import fit_linear_probe
 from finequant.train.strategies import STRATEGIES, Phase, head_names
@@ -76,17 +78,20 @@ def set_trainable(model: nn.Module, trainable: frozenset[str], head: frozenset[s
 
 
 def make_optimizer(model: nn.Module, phase: Phase, head: frozenset[str], cfg: FinetuneConfig) -> torch.optim.AdamW:
-    """AdamW with discriminative LRs (body = head / lr_mult) and no weight decay on norms and biases.
+    """AdamW with discriminative LRs (body = head / lr_mult, times layer_decay per block below the top) and
+    no weight decay on norms and biases.
 
     With L2-SP the body's decay goes toward the pretrained weights (a loss term), not toward zero.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    depths = layer_depths(model) if cfg.layer_decay not in (None, 1.0) else {}
+    groups: dict[tuple[bool, int, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if name in phase.trainable:
-            groups.setdefault((name in head, p.ndim <= 1), []).append(p)
+            groups.setdefault((name in head, depths.get(name, 0), p.ndim <= 1), []).append(p)
     param_groups = []
-    for (is_head, no_decay), params in sorted(groups.items()):
-        lr = cfg.lr * phase.lr_scale * (1.0 if is_head else 1.0 / cfg.lr_mult)
+    for (is_head, depth, no_decay), params in sorted(groups.items()):
+        body = (cfg.layer_decay or 1.0) ** depth / cfg.lr_mult
+        lr = cfg.lr * phase.lr_scale * (1.0 if is_head else body)
         wd = 0.0 if no_decay or (cfg.l2sp > 0 and not is_head) else cfg.weight_decay
         param_groups.append({"params": params, "lr": lr, "weight_decay": wd})
     return torch.optim.AdamW(param_groups)
@@ -123,17 +128,21 @@ def regularization(model: nn.Module, trainable: frozenset[str], cfg: FinetuneCon
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, device: torch.device
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen body once and keep what the head receives (its input) for every sample."""
+def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, device: torch.device,
+                     progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the frozen body once and keep what the head receives (its input) for every sample
+    (with a progress bar and ETA titled ``progress`` when given)."""
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().cpu()))
     labels = []
     model.eval()
     try:
-        for inputs, y in loader:
-            forward(model, to_device(inputs, device))
-            labels.append(y)
+        with Progress(transient=True, disable=progress is None) as bar:
+            task = bar.add_task(progress or "", total=len(loader))
+            for inputs, y in loader:
+                forward(model, to_device(inputs, device))
+                labels.append(y)
+                bar.advance(task)
     finally:
         hook.remove()
     return torch.cat(captured), torch.cat(labels)
@@ -205,47 +214,6 @@ def check_input(loaded: LoadedModel, dataset: Any, collate: Any, device: torch.d
         loaded.model.train(was_training)
 
 
-BN_FREEZE_BELOW_SAMPLES = 20_000
-BN_FREEZE_BELOW_BATCH = 32
-
-
-def bn_policy(model: nn.Module, train_samples: int, batch_per_process: int, info: DistInfo) -> tuple[bool, str]:
-    """Whether to keep pretrained BatchNorm statistics, and why.
-
-    Re-estimating statistics helps only with many samples in large batches close to the source
-    domain; on small data or small per-process batches it wrecks a pretrained body (full fine-tuning
-    of EfficientNet-Lite0 on digits: 50.4% with updated statistics, 95.3% with them frozen), and
-    under DDP each process would see only its shard's statistics. A body whose statistics are still at
-    their initial values (random init) has nothing to keep, so it trains them."""
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
-           and m.running_mean is not None]
-    if not bns:
-        return False, "the model has no BatchNorm layers"
-    if all(not m.running_mean.any() and bool((m.running_var == 1).all()) for m in bns):
-        return False, "BatchNorm statistics are at their initial values (no pretrained statistics to keep)"
-    if info.enabled:
-        return True, f"{info.world_size} processes each see only their shard's batch statistics"
-    if batch_per_process < BN_FREEZE_BELOW_BATCH:
-        return True, f"batches of {batch_per_process} < {BN_FREEZE_BELOW_BATCH} give noisy statistics"
-    if train_samples < BN_FREEZE_BELOW_SAMPLES:
-        return True, f"{train_samples} training samples < {BN_FREEZE_BELOW_SAMPLES}: too few to re-estimate them"
-    return False, f"{train_samples} training samples in batches of {batch_per_process}: statistics are re-estimated"
-
-
-def resolve_defaults(cfg: FinetuneConfig, model: nn.Module, train_samples: int, batch_per_process: int,
-                     info: DistInfo) -> tuple[FinetuneConfig, dict[str, str]]:
-    """Fill the settings left to finequant (``None``) from the data and the run, saying what and why."""
-    decisions: dict[str, str] = {}
-    if cfg.freeze_bn_stats is None:
-        frozen, why = ((False, "train_bn is set") if cfg.train_bn
-                       else bn_policy(model, train_samples, batch_per_process, info))
-        cfg = replace(cfg, freeze_bn_stats=frozen)
-        decisions["freeze_bn_stats"] = f"{frozen}: {why}"
-        if info.is_main:
-            log.info("BatchNorm statistics %s (%s)", "kept at pretrained values" if frozen else "updated", why)
-    return cfg, decisions
-
-
 def check_resumable(ckpt: dict[str, Any], cfg: FinetuneConfig, identity: dict[str, Any], out: Path) -> None:
     """Resume only the same run: same config, model, classes and data; else say what differs."""
     diffs = [f"{k}: {ckpt.get('config', {}).get(k)!r} -> {v!r}" for k, v in asdict(cfg).items()
@@ -286,7 +254,9 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
     head_module, head = loaded.head, head_names(loaded)
     if teacher is not None:
         teacher = teacher.to(device).eval()
-    cfg, decisions = resolve_defaults(cfg, loaded.model, len(splits.train), batch, info)
+    cfg, decisions = resolve_defaults(cfg, loaded, splits, batch, info)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     phases = STRATEGIES.get(cfg.strategy)(loaded, cfg)
     epoch_phase = [i for i, ph in enumerate(phases) for _ in range(ph.epochs)]
     pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in head} if cfg.l2sp else {}
@@ -312,6 +282,9 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
         if out is None:
             raise ConfigError("resume needs out_dir (the folder of the interrupted run)")
         ckpt = load_checkpoint(out)
+        if cfg.lr == "auto" and not isinstance(found := ckpt.get("config", {}).get("lr"), str) and found is not None:
+            cfg = replace(cfg, lr=found)
+            decisions["lr"] = f"{found:.3g}: picked by the range test of the interrupted run"
         check_resumable(ckpt, cfg, run_identity, out)
         model.load_state_dict(ckpt["model"])
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
@@ -332,12 +305,24 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
         if use_cache and not cache:
             t0 = time.perf_counter()
             for split, ds in (("train", train_set), ("val", val_set)):
-                feats, ys = extract_features(model, head_module, _loader(ds, cfg, 256, collate), device)
+                feats, ys = extract_features(model, head_module, _loader(ds, cfg, 256, collate), device,
+                                             f"features of the {split} split" if info.is_main else None)
                 cache[split] = TensorDataset(feats, ys)
             timings["feature_extraction_s"] += time.perf_counter() - t0
         if phase_idx != current_phase:
             set_trainable(model, phase.trainable, head, cfg.train_bn, cfg.freeze_bn_stats)
             steps = math.ceil(len(range(info.rank, len(train_set), info.world_size)) / batch)
+            if cfg.lr == "auto" and not (use_cache and cfg.probe == "lbfgs"):
+                # every process runs the same test on the same batches, so all pick the same rate
+                ds = cache["train"] if use_cache else train_set
+                found = find_lr(head_module if use_cache else model,
+                                lambda lr: make_optimizer(model, phase, head, replace(cfg, lr=lr / phase.lr_scale)),
+                                _loader(ds, cfg, batch, None if use_cache else collate,
+                                        _train_sampler(ds, labels, cfg, DistInfo(), -1)), device)
+                cfg = replace(cfg, lr=found.lr / phase.lr_scale)
+                decisions["lr"] = f"{cfg.lr:.3g}: {found.reason()}"
+                if info.is_main:
+                    log.info("lr = %.3g (%s)", cfg.lr, found.reason())
             opt = make_optimizer(model, phase, head, cfg)
             sched = make_scheduler(opt, cfg, steps * phase.epochs)
             if ckpt is not None and ckpt["phase"] == phase_idx:
@@ -366,6 +351,8 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
                 task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(loader))
                 for step, (inputs, y) in enumerate(loader):
                     inputs, y = to_device(inputs, device), y.to(device)
+                    if cfg.channels_last and not use_cache:
+                        inputs = inputs.contiguous(memory_format=memory_format)
                     logits = forward(train_module, inputs)
                     loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(device),
                                            label_smoothing=cfg.label_smoothing)
@@ -421,7 +408,7 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()  # what quantizers and exporters expect
     test_set = make_dataset(splits.test, loaded)
     test = evaluate(model, _loader(_shard(test_set, info), cfg, 256, collate), len(classes), device, info)
     timings["train_s"] = sum(h["epoch_time_s"] for h in history)
