@@ -25,6 +25,7 @@ class Run:
     path: Path
     summary: dict[str, Any]
     _seen: tuple[Path, ...] = field(default=(), repr=False, compare=False)
+    _source: list[Run | None] = field(default_factory=list, repr=False, compare=False)  # checked once, then kept
 
     @classmethod
     def open(cls, path: str | Path, _seen: tuple[Path, ...] = ()) -> Run:
@@ -52,7 +53,12 @@ class Run:
 
     def source(self) -> Run | None:
         """The run this one was made from (quantize/tune -> finetune), or None for a model spec.
-        Raises when the recorded source run is gone or its weights changed since."""
+        Raises when the recorded source run is gone or its weights changed since (hashed once per Run)."""
+        if not self._source:
+            self._source.append(self._open_source())
+        return self._source[0]
+
+    def _open_source(self) -> Run | None:
         src = self.config.get("source")
         if not src or not isinstance(src, str):
             return None
@@ -70,9 +76,7 @@ class Run:
 
     def weights_digest(self) -> str | None:
         """SHA-256 (16 hex digits) of this run's weights file, or None if it has none."""
-        folder = self.model_folder()
-        file = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
-        return file_digest(file) if file else None
+        return weights_file_digest(self.model_folder())
 
     def origin(self) -> Run:
         """The finetune run at the start of the source chain (or this run)."""
@@ -102,3 +106,9 @@ class Run:
     def model_folder(self) -> Path:
         """Where the model lives: ``RUN/model`` for a finetune run, the folder itself for quantize/tune."""
         return self.path / "model" if (self.path / "model" / "model.json").is_file() else self.path
+
+
+def weights_file_digest(folder: Path) -> str | None:
+    """SHA-256 (16 hex digits) of the weights file in a model folder (float or quantized), or None."""
+    file = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    return file_digest(file) if file else None

@@ -24,7 +24,7 @@ from finequant.models import LoadedModel, load_artifact, load_model
 from finequant.quant import QATConfig, QuantConfig, quantize
 from finequant.quant.artifact import QUANT_WEIGHTS, save_quantized
 from finequant.quant.compare import compare_models
-from finequant.run import Run
+from finequant.run import Run, weights_file_digest
 from finequant.summary import SUMMARY, write_summary
 from finequant.train import FinetuneConfig, FinetuneResult, finetune
 from finequant.tuning.api import TuneResult, tune
@@ -61,7 +61,7 @@ def open_source(source: str | Path, data: str | None = None, *, trust_remote_cod
     digest = None
     if (path / "model.json").is_file():
         loaded, where = load_artifact(path, trust_remote_code=trust_remote_code), str(path.resolve())
-        digest = Run(path.resolve(), {}).weights_digest()
+        digest = weights_file_digest(path)
     else:
         loaded, where = load_model(str(source), trust_remote_code=trust_remote_code), str(source)
     splits = stratified_split(load_data(data), seed=0)
@@ -82,9 +82,10 @@ def finetune_run(model: str, data: str, cfg: FinetuneConfig, out: str | Path, *,
     loaded = load_model(model, pretrained=pretrained, weights=weights, arch=arch, trust_remote_code=trust_remote_code)
     splits = load_splits(data, test_data=test_data, val_frac=val_frac, test_frac=test_frac, seed=cfg.seed,
                          max_samples=max_samples, strict=strict)
-    with exclusive(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+    main = int(os.environ.get("RANK", "0")) == 0
+    with exclusive(out) if main else contextlib.nullcontext():
         result = finetune(loaded, splits, cfg, out_dir=out, resume=resume, keep_checkpoint=keep_checkpoint)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main:
         write_summary(out, "finetune",
                       config={"model": model, "data": data, "test_data": test_data, "finetune": result.config,
                               "splits": splits.sizes(),
