@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from finequant.cpu import cpu_class
 from finequant.data import load_data, make_loader, stratified_split
 from finequant.models import load_model
-from finequant.train.loop import extract_features
+from finequant.train.features import extract_features
 from finequant.train.probe import fit_linear_probe
 
 
@@ -34,8 +34,9 @@ def features(model_spec: str, data: str, image_size: int | None, max_samples: in
         loaded.preprocess = loaded.preprocess.with_size(image_size)
     out = {}
     for name in ("train", "val", "test"):
-        out[name] = extract_features(loaded.model, loaded.head, make_loader(getattr(splits, name), loaded,
-                                                                            batch_size=128), torch.device("cpu"))
+        split = getattr(splits, name)
+        out[name] = (extract_features(loaded.model, loaded.head, make_loader(split, loaded, batch_size=128),
+                                      torch.device("cpu")), torch.as_tensor(split.labels))
     return loaded, out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from finequant.cpu import has_vnni
 from finequant.data import load_data, make_loader, stratified_split
 from finequant.models import load_artifact, load_model
 from finequant.quant import QuantConfig, quantize
@@ -66,8 +67,9 @@ def ort_quantize_static(fp32: Path, out: Path, calib: list[np.ndarray], method: 
     # fusion) before quantizing; without it ResNet-18 kept 16 of its 20 Convs in float.
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre))
+    # ORT's guidance for u8 x s8 on CPUs without VNNI: reduce_range (7-bit weights), else its kernels saturate
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    reduce_range=not has_vnni(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=op_types)
     return out
 

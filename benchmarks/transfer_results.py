@@ -54,7 +54,7 @@ def main() -> None:
         full_epochs = [h["epoch_time_s"] for h in r.history if not h["cached"]]
         cached_epochs = [h["epoch_time_s"] for h in r.history if h["cached"]]
         results[name] = {
-            "model": model, "data": data, "max_samples": max_samples, "strategy": cfg.strategy, "epochs": cfg.epochs,
+            "model": model, "data": data, "max_samples": max_samples, "strategy": r.config.strategy, "epochs": r.config.epochs,
             "image_size": cfg.image_size, "freeze_bn_stats": r.config.freeze_bn_stats, "decisions": r.decisions,
             "cpu": cpu_class(),
             "test_accuracy": r.metrics["test"]["accuracy"], "test_macro_f1": r.metrics["test"]["macro_f1"],

@@ -204,11 +204,12 @@ def test_packed_size_counts_bits():
 def test_one_call_api_qparams_then_inference():
     net = _tiny_mlp()
     qp = qparams_from_model(net)
-    assert set(qp) == {"0", "3"} and qp["0"].weight_spec.bits == 8 and qp["0"].act_mode == "dynamic"
+    bits = 7 if QuantConfig(method="dynamic").reduce_range else 8  # 7 where ORT's u8 x s8 kernels saturate
+    assert set(qp) == {"0", "3"} and qp["0"].weight_spec.bits == bits and qp["0"].act_mode == "dynamic"
     assert qp["0"].weight_scale.shape == (32, 1)
     import json
 
-    assert json.loads(json.dumps(qp.to_dict()))["layers"]["0"]["weight_spec"]["bits"] == 8  # JSON-able
+    assert json.loads(json.dumps(qp.to_dict()))["layers"]["0"]["weight_spec"]["bits"] == bits  # JSON-able
     fast = quantize_inference(net, qp)
     x = torch.randn(16, 16)
     assert sqnr_db(net(x), fast(x)) > 30
@@ -236,12 +237,14 @@ def test_dynamic_int8_minilm_keeps_embeddings():
     texts = ["A man is playing a guitar.", "The new movie is awesome.", "Cats sit on mats.",
              "Stock markets fell sharply after the announcement of new tariffs on steel imports."]
     enc = m.tokenizer(texts, padding=True, return_tensors="pt")
-    qm = quantize(m, QuantConfig(method="dynamic"))
+    cfg = QuantConfig(method="dynamic")
+    qm = quantize(m, cfg)
     with torch.no_grad():
         ref = m.model.forward_features(**enc)
         got = qm.model.forward_features(**enc)
     cos = torch.nn.functional.cosine_similarity(ref, got)
-    assert cos.min() >= 0.99
+    # 7-bit weights on CPUs without VNNI (ORT's kernels would saturate 8-bit ones): measured min 0.989 here
+    assert cos.min() >= (0.985 if cfg.reduce_range else 0.99)
     assert sum(1 for r in qm.layers.values() if r["status"] == "quantized") >= 37  # 36 Linear + embeddings
 
 

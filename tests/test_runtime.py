@@ -96,7 +96,7 @@ def test_dynamic_int8_export_runs_integer_matmuls_and_matches_simulation(tmp_pat
     mask[:, 9:] = 0
     # dict order differs from the forward signature on purpose (tokenizers do this)
     _, done = export_dynamic(qm, {"attention_mask": mask[:2, :5], "input_ids": ids[:2, :5]}, tmp_path / "m.onnx")
-    assert done["ff.0"] == done["ff.2"] == "int8 dynamic (MatMulInteger)"
+    assert done["ff.0"] == done["ff.2"] == done["head"] == "int8 dynamic (MatMulInteger)"  # the 2-D head too
     assert done["embed"] == "int8 table, rows dequantized after Gather"
     ops = optimized_ops(tmp_path / "m.onnx", tmp_path)
     assert any("Integer" in k or k == "DynamicQuantizeMatMul" for k in ops), ops

@@ -113,6 +113,34 @@ def test_feature_cache_matches_uncached_head_and_is_faster(splits):
     assert all(h["cached"] for h in runs[True][1].history) and t_cached < t_plain
 
 
+def test_features_are_stored_on_disk_and_reused_only_for_the_same_body_data_and_transform(splits, tmp_path, caplog):
+    cfg = FinetuneConfig(strategy="last-layer", epochs=1, image_size=32, feature_cache_dir=str(tmp_path / "fc"))
+    first = tiny()
+    r1 = finetune(first, splits, cfg)
+    stored = sorted((tmp_path / "fc").glob("*.npy"))
+    assert len(stored) == 2 and not list((tmp_path / "fc").glob(".extracting-*"))  # train + val, complete
+    train_feats = np.load(stored[0], mmap_mode="r")
+    assert train_feats.dtype == np.float32 and train_feats.shape[1] == first.head.in_features
+    with caplog.at_level("INFO", logger="finequant.train.features"):
+        second = tiny()
+        r2 = finetune(second, splits, cfg)
+    assert caplog.text.count("read from the cache") == 2
+    torch.testing.assert_close(second.head.weight, first.head.weight)
+    assert r2.metrics["test"]["accuracy"] == r1.metrics["test"]["accuracy"]
+    # another input size, or another body, is another key: extracted again, never a stale hit
+    finetune(tiny(), splits, FinetuneConfig(**{**cfg.__dict__, "image_size": 48}))
+    changed = tiny()
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(0.01)
+    finetune(changed, splits, cfg)
+    assert len(list((tmp_path / "fc").glob("*.npy"))) == 6
+    # a cache folder that cannot be created: a warning, and the run goes on in memory
+    (tmp_path / "file").write_text("x")
+    with caplog.at_level("WARNING", logger="finequant.train.features"):
+        r3 = finetune(tiny(), splits, FinetuneConfig(**{**cfg.__dict__, "feature_cache_dir": str(tmp_path / "file")}))
+    assert "not writable" in caplog.text and r3.metrics["test"]["accuracy"] == r1.metrics["test"]["accuracy"]
+
+
 def test_same_seed_same_result(splits):
     accs = [finetune(tiny(), splits, FinetuneConfig(strategy="full", epochs=1, image_size=32)).history[0]["val_loss"]
             for _ in range(2)]
@@ -202,6 +230,12 @@ def test_linear_probe_matches_a_tuned_logistic_regression():
                key=lambda m: m.score(sc.transform(x[va]), y[va]))
     assert ours >= best.score(sc.transform(x[te]), y[te]) - 0.01 and ours > 0.94
     assert fit.l2 in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0) and fit.val_accuracy > 0.9
+    # a large set: the grid on a subset, then the chosen strength refit on all in float32, scores the same
+    sub = torch.nn.Linear(64, 10)
+    fit_sub = fit_linear_probe(sub, t(tr), t(va), grid_samples=400)
+    with torch.no_grad():
+        assert abs(float((sub(t(te)[0]).argmax(1) == t(te)[1]).float().mean()) - ours) <= 0.01
+    assert fit_sub.val_accuracy > 0.9
 
 
 def test_batchnorm_policy_keeps_pretrained_statistics_on_small_data_and_trains_fresh_ones():

@@ -40,3 +40,16 @@ def cpu_class() -> str:
     if has_vnni():
         return "x86-vnni" if flags else platform.machine().lower()
     return "x86-avx2" if "avx2" in flags else (platform.machine().lower() or "unknown")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its integer-kernel flags, to print beside every measured figure."""
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = cpu_flags()
+    present = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{name} (flags: {', '.join(present) or 'none of avx2/avx512/vnni'}; {cpu_class()})"

@@ -16,6 +16,11 @@ from typing import Any
 from finequant.errors import FinequantError
 
 
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/finequant/PARTS`` (default ``~/.cache/finequant/PARTS``); not created."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "finequant", *parts)
+
+
 def write_error(path: str | Path, e: OSError) -> FinequantError:
     """A failed write (full disk, read-only folder, no permission) as one line naming the path and the fix."""
     return FinequantError(f"cannot write {path}: {e.strerror or e}; free space there or pick another --out "

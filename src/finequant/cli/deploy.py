@@ -89,9 +89,17 @@ def export_command(
     r = export_run(path, out, format)
     console.print(f"wrote {out} ({r['bytes'] / 1e6:.2f} MB, {r['format']}); reloaded output vs PyTorch: cosine "
                   f"{r['cosine']:.6f}, top-1 agreement {r['top1_agreement']:.2f}, max |diff| {r['max_abs_diff']:.2e}")
+    if "int8_compute_share" in r:
+        sim = r["simulation"]
+        console.print(f"{r['int8_layers']} layers in int8 ({r['int8_compute_share']:.0%} of the multiply-adds), "
+                      f"{len(r['float_layers'])} float; file size x{r['size_vs_fp32_weights']:.3f} of the fp32 "
+                      f"weights; the simulation explains {sim['explained']:.1%} of what int8 changes "
+                      f"(error vs simulation {sim['sim_rel_error']:.4f}, vs float {sim['int8_rel_error']:.4f})")
     for name, how in r["layers"].items():
         if "float" in how or "not" in how:
             console.print(f"[yellow]{name}:[/] {how}", highlight=False)
+    for warning in r["warnings"]:
+        console.print(f"[bold red]warning:[/] {warning}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from finequant.errors import DataError
-from finequant.io import file_digest
+from finequant.io import file_digest, user_cache_dir
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 MAX_BYTES_ENV, MAX_FILES_ENV = "FINEQUANT_MAX_ARCHIVE_MB", "FINEQUANT_MAX_ARCHIVE_FILES"
@@ -55,7 +55,7 @@ def extract_archive(archive: Path) -> Path:
     """The folder holding ``archive``'s contents (extracted once, verified member by member)."""
     name = f".{archive.name}.{file_digest(archive)}.extracted"
     # beside the archive, or in the user's cache when the archive's folder is read-only
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finequant" / "extracted"
+    cache = user_cache_dir("extracted")
     for dest in (archive.parent / name, cache / name):
         if dest.is_dir():
             return dest

@@ -78,11 +78,14 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: 
 
     The gradient w.r.t. ``x`` is 1 inside the range and 0 where clipped; when ``scale`` requires
     grad it gets the LSQ gradient (Esser et al., 2020), so a learnable scale needs no other code.
+    Rounds as ONNX QuantizeLinear does, ``round(x / scale) + zp``, never ``round(x / scale + zp)``:
+    the two differ on exact ties when the zero point is odd, and 8-bit images normalized with mean
+    and std 0.5 put every pixel on a tie (0.75 of what int8 changed went unsimulated on digits).
     """
     g = grouped(x, spec)
-    v = torch.clamp(g / scale + zp, spec.qmin, spec.qmax)
+    v = torch.clamp(g / scale, spec.qmin - zp, spec.qmax - zp)
     v = v + (torch.round(v) - v).detach()
-    return ungrouped((v - zp) * scale, x, spec)
+    return ungrouped(v * scale, x, spec)
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -240,7 +240,22 @@ def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
     for name, step, info in steps:
         if not info.before_calibration:
             qm.ptq_report[name] = step(qm.model, batches, config)
+    place_deployed_outputs(qm, example)
     return qm
+
+
+def place_deployed_outputs(qm: QuantizedModel, example: Any) -> None:
+    """Give a model that exports to QDQ ONNX the output quantization points of its exported graph, so that
+    the simulated model computes what ONNX Runtime computes from the file (a warning where it cannot)."""
+    if METHODS.info(qm.config.method).exporter != "onnx-qdq" or not isinstance(example, torch.Tensor):
+        return
+    from finequant.runtime.onnx_qdq import place_output_quantization
+
+    try:
+        place_output_quantization(qm, example[:1])
+    except FinequantError as e:
+        log.warning("the simulation cannot place the exported graph's output quantization (%s); the accuracy "
+                    "it reports may differ from the deployed file's", e)
 
 
 def _synthetic_example(model: nn.Module | LoadedModel) -> torch.Tensor | None:

@@ -10,6 +10,7 @@ architecture (``model.json``), so :func:`load_quantized` rebuilds the model with
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from finequant.cpu import cpu_class, has_vnni
 from finequant.errors import ModelError
 from finequant.io import atomic_write_bytes, atomic_write_text
 from finequant.models.artifact import build_from_config, write_model_config
@@ -30,6 +32,7 @@ from finequant.quant.packing import pack_codes, unpack_codes
 from finequant.quant.spec import QuantSpec
 
 QUANT_WEIGHTS, QUANT_CONFIG = "quant.safetensors", "quant.json"
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
@@ -61,7 +64,8 @@ def save_quantized(qm: QuantizedModel, loaded: LoadedModel, out_dir: str | Path)
         for key, t in (("weight.scale", layer.weight_scale), ("weight.zero_point", layer.weight_zero_point),
                        ("weight.codebook", layer.codebook), ("act.scale", layer.act_scale),
                        ("act.zero_point", layer.act_zero_point), ("out.scale", layer.out_scale),
-                       ("out.zero_point", layer.out_zero_point)):
+                       ("out.zero_point", layer.out_zero_point), ("deployed_out.scale", layer.deployed_out_scale),
+                       ("deployed_out.zero_point", layer.deployed_out_zero_point)):
             if t is None or (key == "weight.zero_point" and not t.any()):  # symmetric: all zero, not stored
                 continue
             tensors[f"{name}.{key}"] = t.detach().contiguous().clone()
@@ -69,12 +73,13 @@ def save_quantized(qm: QuantizedModel, loaded: LoadedModel, out_dir: str | Path)
     for key, t in qm.model.state_dict().items():
         if key in wrapped or key.rsplit(".", 1)[-1] in ("act_scale", "act_zero_point", "weight_scale",
                                                            "weight_zero_point", "codebook", "out_scale",
-                                                           "out_zero_point"):
+                                                           "out_zero_point", "deployed_out_scale",
+                                                           "deployed_out_zero_point"):
             continue
         tensors[f"float.{key}"] = t.detach().cpu().clone().contiguous()
     atomic_write_bytes(out / QUANT_WEIGHTS, save(tensors, metadata={"format": "finequant-quant"}))
     atomic_write_text(out / QUANT_CONFIG, json.dumps({
-        "format_version": FORMAT_VERSION, "config": asdict(qm.config), "layers": layers,
+        "format_version": FORMAT_VERSION, "config": asdict(qm.config), "layers": layers, "cpu": cpu_class(),
         "folded": [list(p) for p in qm.folded], "rewrites": qm.rewrites}, indent=2))
     return out
 
@@ -91,7 +96,8 @@ def _decode_weight(entry: dict[str, Any], tensors: dict[str, torch.Tensor], name
         zero_point = torch.zeros(scale.shape, dtype=torch.int32)
     q = LayerQParams(spec, scale, zero_point, entry["act_mode"], act_spec, get(f"{name}.act.scale"),
                      get(f"{name}.act.zero_point"), get(f"{name}.weight.codebook"), get(f"{name}.out.scale"),
-                     get(f"{name}.out.zero_point"))
+                     get(f"{name}.out.zero_point"), get(f"{name}.deployed_out.scale"),
+                     get(f"{name}.deployed_out.zero_point"))
     if spec.is_float:
         return tensors[f"{name}.weight.cast"].float(), q
     codes = unpack_codes(tensors[f"{name}.weight.codes"], spec.bits, _code_offset(spec), shape)
@@ -100,6 +106,20 @@ def _decode_weight(entry: dict[str, Any], tensors: dict[str, torch.Tensor], name
     if spec.scheme == "kmeans":
         return kmeans_dequantize(codes, q.codebook), q
     return dequantize(codes, q.weight_scale, q.weight_zero_point, spec), q
+
+
+def _check_cpu(path: Path, made_on: str | None, config: QuantConfig) -> None:
+    """Warn when int8 weights chosen for one CPU class run on another whose kernels compute them differently."""
+    here = cpu_class()
+    if made_on is None or made_on == here or config.info.exporter is None:
+        return
+    if config.reduce_range is False and not has_vnni():
+        log.warning("%s was quantized on %s with 8-bit weights; this CPU (%s) has no VNNI, and ONNX Runtime's u8 x "
+                    "s8 kernels saturate 8-bit products here, so the runtime may score differently from the "
+                    "simulation (eval checks it): quantize again on this CPU (7-bit weights)", path, made_on, here)
+    elif config.reduce_range and has_vnni():
+        log.info("%s was quantized on %s with 7-bit weights; this CPU (%s) runs 8-bit ones exactly: quantizing "
+                 "again here may gain a little accuracy", path, made_on, here)
 
 
 def load_quantized(path: str | Path, *, trust_remote_code: bool = False) -> tuple[LoadedModel, QParams]:
@@ -125,6 +145,7 @@ def load_quantized(path: str | Path, *, trust_remote_code: bool = False) -> tupl
     qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]],
                       rewrites=meta.get("rewrites", {}))
     config = QuantConfig.from_dict(meta["config"])
+    _check_cpu(path, meta.get("cpu"), config)
     model = quantize_inference(loaded, qparams, config)
     float_state = {k[len("float."):]: v for k, v in tensors.items() if k.startswith("float.")}
     missing, unexpected = model.load_state_dict(float_state, strict=False)

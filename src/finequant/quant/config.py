@@ -64,7 +64,8 @@ class QuantConfig:
         if self.reduce_range is None:
             from finequant.cpu import has_vnni
 
-            object.__setattr__(self, "reduce_range", info.exporter == "onnx-qdq" and not has_vnni())
+            # both integer exporters run u8 x s8 kernels (QLinearConv/QGemm, MatMulInteger) that saturate on AVX2
+            object.__setattr__(self, "reduce_range", info.exporter in ("onnx-qdq", "onnx-dynamic") and not has_vnni())
         if self.scheme not in SCHEMES:
             raise ConfigError(f"scheme={self.scheme!r}: allowed {', '.join(SCHEMES)}")
         if self.scheme not in info.schemes:

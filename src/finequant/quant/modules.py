@@ -25,6 +25,7 @@ from finequant.quant.spec import QuantSpec
 # (nn.LSTM is rewritten into Linear gate projections first: see quant/lstm.py.)
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
 ActMode = Literal["static", "dynamic", "float", "cast"]
+DEPLOYED_OUTPUT = QuantSpec(bits=8, symmetric=False, signed=False)  # uint8, as QuantizeLinear in the QDQ export
 
 
 @dataclass
@@ -41,6 +42,8 @@ class LayerQParams:
     codebook: torch.Tensor | None = None
     out_scale: torch.Tensor | None = None
     out_zero_point: torch.Tensor | None = None
+    deployed_out_scale: torch.Tensor | None = None
+    deployed_out_zero_point: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def t(x: torch.Tensor | None) -> Any:
@@ -51,7 +54,8 @@ class LayerQParams:
                 "act_spec": None if self.act_spec is None else self.act_spec.__dict__,
                 "act_scale": t(self.act_scale), "act_zero_point": t(self.act_zero_point),
                 "codebook": t(self.codebook), "out_scale": t(self.out_scale),
-                "out_zero_point": t(self.out_zero_point)}
+                "out_zero_point": t(self.out_zero_point), "deployed_out_scale": t(self.deployed_out_scale),
+                "deployed_out_zero_point": t(self.deployed_out_zero_point)}
 
 
 class QuantLayer(nn.Module):
@@ -66,9 +70,10 @@ class QuantLayer(nn.Module):
         self.weight_spec, self.act_mode, self.act_spec = weight_spec, act_mode, act_spec
         self.weight_observer = weight_observer
         self.observer: Observer | None = OBSERVERS.get(observer)(act_spec, seed) if act_mode == "static" else None
-        # Output ranges are not used in simulation; ONNX export quantizes a layer's output with them
-        # where no quantized layer consumes it directly (e.g. before a residual Add), as ORT needs a
-        # QuantizeLinear after a Conv to run it as QLinearConv.
+        # Output ranges: ONNX export quantizes a Conv's output with them where no quantized layer consumes
+        # it directly (e.g. before a residual Add), as ORT needs a QuantizeLinear after a Conv to run it as
+        # QLinearConv; the simulation then quantizes the same output (deployed_out_*), so what it
+        # computes is what the exported file computes.
         self.output_observer: Observer | None = (OBSERVERS.get("minmax")(act_spec, seed)
                                                  if act_mode == "static" else None)
         self.calibrating = False
@@ -79,6 +84,8 @@ class QuantLayer(nn.Module):
         self.register_buffer("act_zero_point", None)
         self.register_buffer("out_scale", None)
         self.register_buffer("out_zero_point", None)
+        self.register_buffer("deployed_out_scale", None)
+        self.register_buffer("deployed_out_zero_point", None)
         self.register_buffer("weight_scale", None)
         self.register_buffer("weight_zero_point", None)
         self.register_buffer("codebook", None)
@@ -186,7 +193,29 @@ class QuantLayer(nn.Module):
             self.act_scale, self.act_zero_point = self.observer.qparams()
         if not isinstance(self.layer, nn.Embedding):
             x = self.quantize_input(x)
-        return functional_call(self.layer, {"weight": self.quantized_weight()}, (x, *args), kwargs)
+        params = {"weight": self.quantized_weight()}
+        spec = self.weight_spec
+        if (isinstance(self.layer, (nn.Conv1d, nn.Conv2d)) or x.dim() == 2) and self.act_mode == "static" \
+                and self.act_scale is not None and self.bias is not None and spec.scheme == "affine" \
+                and spec.bits <= 8 and spec.granularity != "per-group":
+            params["bias"] = self.deployed_bias()  # as the exported Conv/Gemm stores it (int32)
+        y = functional_call(self.layer, params, (x, *args), kwargs)
+        if self.deployed_out_scale is not None:
+            y = fake_quantize(y, self.deployed_out_scale, self.deployed_out_zero_point, DEPLOYED_OUTPUT)
+        return y
+
+    def deployed_bias(self) -> torch.Tensor:
+        """The bias rounded as the QDQ export stores it: int32 codes at scale input scale x weight scale
+        (straight-through gradient, so QAT still trains it)."""
+        b = self.layer.bias
+        scale = (self.act_scale * self.weight_scale.detach().flatten()).to(b.dtype)
+        rounded = torch.clamp(torch.round(b / scale), -(2**31), 2**31 - 1) * scale
+        return b + (rounded - b).detach()
+
+    def set_deployed_output(self, point: tuple[float, int] | None) -> None:
+        """Quantize this layer's output to uint8 with (scale, zero point), as the exported graph does."""
+        self.deployed_out_scale = None if point is None else torch.tensor(point[0], dtype=torch.float32)
+        self.deployed_out_zero_point = None if point is None else torch.tensor(point[1], dtype=torch.int32)
 
     # --- qparams in and out ----------------------------------------------------------------------
     def run_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -196,7 +225,8 @@ class QuantLayer(nn.Module):
     def qparams(self) -> LayerQParams:
         return LayerQParams(self.weight_spec, self.weight_scale, self.weight_zero_point, self.act_mode,
                             self.act_spec, self.act_scale, self.act_zero_point, self.codebook,
-                            self.out_scale, self.out_zero_point)
+                            self.out_scale, self.out_zero_point, self.deployed_out_scale,
+                            self.deployed_out_zero_point)
 
     @torch.no_grad()
     def load_qparams(self, q: LayerQParams) -> None:
@@ -204,6 +234,7 @@ class QuantLayer(nn.Module):
         self.weight_scale, self.weight_zero_point, self.codebook = q.weight_scale, q.weight_zero_point, q.codebook
         self.act_scale, self.act_zero_point = q.act_scale, q.act_zero_point
         self.out_scale, self.out_zero_point = q.out_scale, q.out_zero_point
+        self.deployed_out_scale, self.deployed_out_zero_point = q.deployed_out_scale, q.deployed_out_zero_point
         self._dequantized = None
 
     def extra_repr(self) -> str:

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from finequant.data.base import Splits
 from finequant.models.base import LoadedModel
-from finequant.quant.api import QuantizedModel, _batches, calibrate, prepare
+from finequant.quant.api import QuantizedModel, _batches, calibrate, place_deployed_outputs, prepare
 from finequant.quant.config import QATConfig, QuantConfig
 from finequant.quant.fold import fold_batchnorm
 from finequant.train import FinetuneConfig, FinetuneResult, finetune
@@ -41,6 +41,8 @@ def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: Quant
     """
     if isinstance(ftcfg, QATConfig):
         ftcfg = training_config(ftcfg, qcfg.seed)
+    if ftcfg.epochs is None:
+        ftcfg = replace(ftcfg, epochs=QATConfig().epochs)
     if qcfg.weight_observer != "minmax":
         log.info("QAT uses min-max weight ranges (re-measured every step); ignoring weight_observer=%s",
                  qcfg.weight_observer)
@@ -70,4 +72,5 @@ def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: Quant
     for layer in layers:
         layer.refresh_weight_qparams()
     qm.model.eval()
+    place_deployed_outputs(qm, batches[0] if batches else None)
     return qm, result

@@ -15,6 +15,7 @@ import torch
 from finequant.data import LabeledData, make_loader
 from finequant.errors import FinequantError
 from finequant.models.base import forward
+from finequant.runtime.agreement import cosine
 from finequant.runtime.backends import Deployable, Runner, open_runner, to_numpy
 from finequant.runtime.bench import measure_side_by_side, peak_rss_mb
 from finequant.train.metrics import confusion, metrics_from_confusion
@@ -29,7 +30,7 @@ def check_runtime_matches_simulation(runner: Runner, dep: Deployable, x: Any) ->
     got = runner.predict(to_numpy(x))
     if not np.isfinite(got).all():
         raise FinequantError(f"{runner.backend} returns NaN/Inf logits for this model; it cannot be evaluated")
-    cos = float((got * sim).sum() / max(np.linalg.norm(got) * np.linalg.norm(sim), 1e-30))
+    cos = cosine(got, sim)
     if not cos >= MIN_AGREEMENT_COSINE:
         cfg = dep.quantized.config if dep.quantized is not None else None
         raise FinequantError(

@@ -8,6 +8,7 @@ batch, and only then puts it under the final name: a rejected export leaves noth
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,61 @@ import torch
 from finequant.catalog import EXPORTERS, METHODS
 from finequant.errors import ConfigError, FinequantError
 from finequant.models.base import forward
+from finequant.runtime.agreement import cosine, simulation_agreement, simulation_explains
 from finequant.runtime.backends import Deployable, to_numpy
 
+log = logging.getLogger(__name__)
+
 MIN_COSINE = 0.99
+MIN_INT8_COMPUTE = 0.5  # below this share of multiply-adds in int8, the file is "int8" in name only
+
+
+@torch.no_grad()
+def layer_macs(model: torch.nn.Module, x: Any) -> dict[str, int]:
+    """Multiply-adds of every Conv/Linear (wrapped or not) on one forward pass of ``x``."""
+    from finequant.quant.modules import QuantLayer
+
+    macs: dict[str, int] = {}
+
+    def hook(name: str, layer: torch.nn.Module):
+        def count(_module, _args, out) -> None:
+            inner = layer.layer if isinstance(layer, QuantLayer) else layer
+            per_output = inner.weight[0].numel()  # Conv: in/groups x kernel; Linear: in_features
+            macs[name] = macs.get(name, 0) + out.numel() * per_output
+        return count
+
+    layers = {n: m for n, m in model.named_modules()
+              if isinstance(m, QuantLayer) or (isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))
+                                               and not isinstance(_parent_of(model, n), QuantLayer))}
+    handles = [m.register_forward_hook(hook(n, m)) for n, m in layers.items()]
+    try:
+        forward(model.eval(), x)
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def _parent_of(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    return model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+
+
+def int8_report(dep: Deployable, layers: dict[str, str], file_bytes: int) -> dict[str, Any]:
+    """Which layers the file runs in int8, their share of the multiply-adds, the file's size against fp32
+    weights, and warnings when the file is int8 in name only."""
+    macs = layer_macs(dep.model, dep.example(1))
+    int8 = {n for n, how in layers.items() if "int8" in how and "float" not in how}
+    total = sum(macs.values()) or 1
+    share = sum(v for n, v in macs.items() if n in int8) / total
+    fp32_bytes = 4 * sum(p.numel() for p in dep.loaded.model.parameters())
+    report = {"int8_layers": len(int8), "float_layers": {n: how for n, how in layers.items() if n not in int8},
+              "int8_compute_share": share, "size_vs_fp32_weights": file_bytes / max(fp32_bytes, 1), "warnings": []}
+    if share < MIN_INT8_COMPUTE:
+        heavy = sorted((n for n in macs if n not in int8), key=macs.get, reverse=True)[:5]
+        report["warnings"].append(
+            f"only {share:.0%} of the multiply-adds run in int8: the largest float layers are "
+            + ", ".join(f"{n} ({layers.get(n, 'not quantized')})" for n in heavy))
+    return report
 
 
 def onnx_fp32(dep: Deployable, path: Path) -> dict[str, str]:
@@ -98,13 +151,25 @@ def export(model: Any, path: str | Path, format: str = "onnx", *, loaded: Any = 
         with torch.no_grad():
             reference = forward(dep.model.eval(), x).float().numpy()
         got = _run_file(fmt, tmp, x)
-        cos = float((got * reference).sum() / (np.linalg.norm(got) * np.linalg.norm(reference)))
+        cos = cosine(got, reference)
         report = {"path": str(path), "format": fmt, "bytes": tmp.stat().st_size, "layers": layers,
                   "cosine": cos, "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean()),
-                  "max_abs_diff": float(np.abs(got - reference).max())}
+                  "max_abs_diff": float(np.abs(got - reference).max()), "warnings": []}
         if not np.isfinite(got).all() or not cos >= MIN_COSINE:  # `not >=` also catches NaN
             raise FinequantError(f"the exported file disagrees with the PyTorch model (cosine {cos:.4f}, "
                                  f"finite outputs: {bool(np.isfinite(got).all())}); nothing was written to {path}")
+        if dep.quantized is not None and fmt in ("onnx-qdq", "onnx-dynamic"):
+            report.update(int8_report(dep, layers, report["bytes"]))
+            agreement = simulation_agreement(dep.model, x, got)
+            report["simulation"] = agreement
+            if not simulation_explains(agreement):
+                report["warnings"].append(
+                    f"the simulation explains only {agreement['explained']:.0%} of what int8 changes in this file "
+                    f"(error vs simulation {agreement['sim_rel_error']:.4f}, vs float "
+                    f"{agreement['int8_rel_error']:.4f}, rounding-flip noise {agreement['flip_noise']:.4f}); accuracy "
+                    "measured in simulation may not be what it computes: evaluate the file on onnxruntime")
+        for warning in report["warnings"]:
+            log.warning("%s: %s", path, warning)
         os.replace(tmp, path)
         return report
     finally:

@@ -46,8 +46,13 @@ def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.
                      if np.array_equal(numpy_helper.to_array(g.inits[n]), wt)), None)
         node = next((n for n in g.graph.node if n.op_type == "MatMul" and init is not None and n.input[1] == init),
                     None)
+        # a Linear on a 2-D input (the classifier head after pooling) exports as Gemm(x, W, b, transB=1)
+        node = node or next((n for n in g.graph.node if n.op_type == "Gemm" and n.input[1] == f"{name}.weight"
+                             and _plain_gemm(n)), None)
         if node is None:
-            done[name] = "float in ONNX: its weight is not a MatMul initializer after export"
+            done[name] = ("not in the exported graph: nothing the outputs depend on reads it (e.g. a pooler the "
+                          "head does not use)" if init is None and f"{name}.weight" not in g.inits else
+                          "float in ONNX: its weight is not a MatMul/Gemm initializer after export")
             continue
         _rewrite(g, node, layer, name)
         done[name] = "int8 dynamic (MatMulInteger)"
@@ -81,8 +86,16 @@ def _embedding(g: Graph, layer: Any, name: str, by_shape: dict[tuple[int, ...], 
     return "int8 table, rows dequantized after Gather"
 
 
+def _plain_gemm(node: onnx.NodeProto) -> bool:
+    """Y = X W^T + B (transB=1, no transA, alpha = beta = 1): a Linear layer."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return attrs.get("transB") == 1 and not attrs.get("transA") and attrs.get("alpha", 1.0) == 1.0 \
+        and attrs.get("beta", 1.0) == 1.0
+
+
 def _rewrite(g: Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
     x, w, y = node.input[0], node.input[1], node.output[0]
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
     codes = layer.weight_codes().numpy().astype(np.int8).T  # (in, out)
     scale = layer.weight_scale.detach().flatten().numpy().astype(np.float32)
     if scale.size == 1:
@@ -95,7 +108,9 @@ def _rewrite(g: Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
            helper.make_node("MatMulInteger", [f"{p}_xq", wq, f"{p}_xz", wz], [f"{p}_acc"], name=f"{p}_MMI"),
            helper.make_node("Cast", [f"{p}_acc"], [f"{p}_accf"], name=f"{p}_Cast", to=onnx.TensorProto.FLOAT),
            helper.make_node("Mul", [f"{p}_xs", ws], [f"{p}_scale"], name=f"{p}_ScaleMul"),
-           helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [y], name=f"{p}_Rescale")]
+           helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [f"{p}_mm" if bias else y], name=f"{p}_Rescale")]
+    if bias:
+        new.append(helper.make_node("Add", [f"{p}_mm", bias], [y], name=f"{p}_Bias"))
     g.graph.node.remove(node)
     g.graph.node.extend(new)
     g.drop_init(w)

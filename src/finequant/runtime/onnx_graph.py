@@ -54,14 +54,26 @@ class Graph:
         self.inits[name] = self.graph.initializer[-1]
         return name
 
-    def qdq(self, tensor: str, scale: float, zero_point: int) -> str:
-        """Insert QuantizeLinear -> DequantizeLinear (uint8, per tensor) on ``tensor`` for all its consumers."""
-        consumers = self.consumers(tensor)
-        s = self.add_init(f"{tensor}_scale", np.array(scale, dtype=np.float32))
-        z = self.add_init(f"{tensor}_zero_point", np.array(zero_point, dtype=np.uint8))
-        q, dq = f"{tensor}_quantized", f"{tensor}_dequantized"
-        self.graph.node.append(helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=f"{tensor}_Q"))
-        self.graph.node.append(helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{tensor}_DQ"))
+    def unique(self, name: str) -> str:
+        """``name``, or ``name_2``, ``name_3``... when a node output or initializer has it already."""
+        taken = self.inits.keys() | {o for n in self.graph.node for o in n.output}
+        out, i = name, 1
+        while out in taken:
+            i += 1
+            out = f"{name}_{i}"
+        return out
+
+    def qdq(self, tensor: str, scale: float, zero_point: int, consumers: list[onnx.NodeProto] | None = None) -> str:
+        """Insert QuantizeLinear -> DequantizeLinear (uint8, per tensor) on ``tensor`` for ``consumers``
+        (default: all of them); returns the dequantized tensor's name."""
+        consumers = self.consumers(tensor) if consumers is None else consumers
+        q = self.unique(f"{tensor}_quantized")  # a second QDQ on one tensor (another consumer's) gets _2
+        suffix = q[len(f"{tensor}_quantized"):]
+        s = self.add_init(f"{tensor}_scale{suffix}", np.array(scale, dtype=np.float32))
+        z = self.add_init(f"{tensor}_zero_point{suffix}", np.array(zero_point, dtype=np.uint8))
+        dq = f"{tensor}_dequantized{suffix}"
+        self.graph.node.append(helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=f"{tensor}_Q{suffix}"))
+        self.graph.node.append(helper.make_node("DequantizeLinear", [q, s, z], [dq], name=f"{tensor}_DQ{suffix}"))
         for node in consumers:  # a graph output keeps the float tensor
             for i, name in enumerate(node.input):
                 if name == tensor:

@@ -50,7 +50,7 @@ def dynamic_int8_model(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
             continue
         spec = layer.weight_spec
         if isinstance(layer.layer, nn.Linear) and layer.act_mode == "dynamic" and spec.scheme == "affine" \
-                and spec.bits == 8:
+                and spec.bits <= 8 and spec.symmetric:
             net.set_submodule(name, DynamicInt8Linear(layer))
             done[name] = "int8 (torch.ops.quantized.linear_dynamic)"
         else:

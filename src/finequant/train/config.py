@@ -29,10 +29,11 @@ class FinetuneConfig:
     small batches, and the late phase of QAT).
     """
 
-    strategy: str = "lp-ft"
-    """Fine-tuning strategy (see `finequant list strategies`)."""
-    epochs: int = 4
-    """Training epochs, all phases together."""
+    strategy: str | None = None
+    """Fine-tuning strategy (see `finequant list strategies`); default lp-ft, last-layer when there are fewer
+    than 20 training samples per class."""
+    epochs: int | None = None
+    """Training epochs, all phases together; default 4, more (up to 10) when an epoch is under 50 steps."""
     batch_size: int = 64
     """Global batch size (split across torchrun processes)."""
     lr: float | str = 1e-3
@@ -76,6 +77,9 @@ class FinetuneConfig:
     """Stop after N epochs without validation improvement."""
     feature_cache: bool = True
     """Cache frozen-body features for head-only epochs."""
+    feature_cache_dir: str | None = None
+    """Where cached features are stored on disk and reused by runs with the same body, data and transform
+    (default: ~/.cache/finequant/features, or $XDG_CACHE_HOME); an empty string keeps them in memory only."""
     probe: str = "lbfgs"
     """Head-only phases on cached features: lbfgs (fit to convergence, L2 chosen on val) or sgd (epochs of AdamW)."""
     image_size: int | None = None
@@ -92,11 +96,11 @@ class FinetuneConfig:
     """Distillation temperature."""
     seed: int = 0
     """Random seed (splits, head init, order)."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
+    num_workers: int | None = None
+    """DataLoader worker processes; default from the cores each process has (none with fewer than 4, or for text)."""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if self.strategy is not None and self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy: {STRATEGIES.unknown_message(self.strategy)}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
@@ -108,14 +112,15 @@ class FinetuneConfig:
         if not isinstance(self.lr, str) and self.lr > 1:
             raise ConfigError(f"lr={self.lr!r} is far above any fine-tuning rate (AdamW: 1e-5 .. 1e-2); "
                               "training would diverge: use e.g. 1e-3")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr_mult": self.lr_mult,
+        positive = {"batch_size": self.batch_size, "lr_mult": self.lr_mult,
+                    **({} if self.epochs is None else {"epochs": self.epochs}),
                     **({} if isinstance(self.lr, str) else {"lr": self.lr})}
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{key}={value!r} must be > 0")
         for key in ("weight_decay", "l1", "l2sp", "label_smoothing", "warmup_frac", "freeze_blocks", "seed",
                     "num_workers"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0")
         if not 0 <= self.distill_weight <= 1 or self.distill_temperature <= 0:
             raise ConfigError("distill_weight must be in [0, 1] and distill_temperature > 0")
@@ -123,8 +128,9 @@ class FinetuneConfig:
             raise ConfigError("train_bn and freeze_bn_stats contradict each other: set at most one")
         if self.label_smoothing >= 1 or self.warmup_frac >= 1:
             raise ConfigError("label_smoothing and warmup_frac must be < 1")
-        if self.lp_epochs is not None and not 0 < self.lp_epochs < self.epochs:
-            raise ConfigError(f"lp_epochs={self.lp_epochs} must be between 1 and epochs-1 ({self.epochs - 1})")
+        if self.lp_epochs is not None and not 0 < self.lp_epochs < (self.epochs or self.lp_epochs + 1):
+            raise ConfigError(f"lp_epochs={self.lp_epochs} must be between 1 and epochs-1"
+                              + (f" ({self.epochs - 1})" if self.epochs else ""))
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ConfigError(f"early_stopping={self.early_stopping} must be >= 1 epoch (or None)")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import replace
 
@@ -23,6 +24,8 @@ BN_FREEZE_BELOW_SAMPLES = 20_000
 BN_FREEZE_BELOW_BATCH = 32
 TRANSFORMER_LAYER_DECAY = 0.8
 TEXT_TOKENS_CAP = 512
+PROBE_BELOW_PER_CLASS = 20
+DEFAULT_EPOCHS, MAX_EPOCHS, MIN_STEPS = 4, 10, 200
 _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h|stages)\.(\d+)\.")
 
 
@@ -68,6 +71,39 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
     return depths
 
 
+def default_strategy(train_samples: int, classes: int) -> tuple[str, str]:
+    """lp-ft (the head fit first, so fine-tuning does not start from a random head: Kumar et al., 2022), or only
+    the head when the data are too few per class for the validation split to tell good epochs from bad."""
+    per_class = train_samples / max(classes, 1)
+    if per_class < PROBE_BELOW_PER_CLASS:
+        return "last-layer", (f"{per_class:.0f} training samples per class < {PROBE_BELOW_PER_CLASS}: too few to "
+                              "fine-tune the body safely; the head is fit to convergence")
+    return "lp-ft", (f"{per_class:.0f} training samples per class: the head is fit first, then everything is "
+                     "fine-tuned (lp-ft)")
+
+
+def default_epochs(train_samples: int, batch: int) -> tuple[int, str]:
+    """4 epochs, or as many (up to 10) as give ``MIN_STEPS`` optimizer steps on a small data set."""
+    steps = max(1, math.ceil(train_samples / batch))
+    epochs = min(MAX_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps)))
+    return epochs, (f"{steps} steps per epoch" + (f": {epochs} epochs give at least {MIN_STEPS} optimizer steps"
+                                                   if epochs > DEFAULT_EPOCHS else ""))
+
+
+def default_workers(task: str, info: DistInfo) -> tuple[int, str]:
+    """DataLoader worker processes: image decoding moves off the training process when each process has at
+    least 4 cores (half of them decode); with fewer, a worker would take a core from the training arithmetic,
+    and tokenizing a batch costs less than a worker's start-up and transfer."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    per_process = max(1, cores // info.world_size)
+    if task == "text":
+        return 0, "text: tokenized in the training process (cheaper than a worker's transfer)"
+    if per_process < 4:
+        return 0, f"{per_process} core(s) per process: a worker would compete with training for them"
+    workers = min(8, per_process // 2)
+    return workers, f"{per_process} cores per process: {workers} decode images while the rest train"
+
+
 def text_max_tokens(loaded: LoadedModel, texts: list[str]) -> tuple[int, str]:
     """Truncation length covering 99% of the training texts whole (a multiple of 8), at most the encoder's
     limit. Batches are padded to their own longest text, so the limit only cuts the rare long ones."""
@@ -95,6 +131,12 @@ def resolve_defaults(cfg: FinetuneConfig, loaded: LoadedModel, splits: Splits, b
         if info.is_main:
             log.info("%s = %s (%s)", key, value, why)
 
+    if cfg.strategy is None:
+        decide("strategy", *default_strategy(len(splits.train), len(splits.train.classes)))
+    if cfg.epochs is None:
+        decide("epochs", *default_epochs(len(splits.train), batch_per_process * info.world_size))
+    if cfg.num_workers is None:
+        decide("num_workers", *default_workers(loaded.task, info))
     if cfg.freeze_bn_stats is None:
         decide("freeze_bn_stats", *((False, "train_bn is set") if cfg.train_bn
                                     else bn_policy(loaded.model, len(splits.train), batch_per_process, info)))

@@ -33,6 +33,7 @@ from finequant.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpo
 from finequant.train.config import FinetuneConfig
 from finequant.train.defaults import layer_depths, resolve_defaults
 from finequant.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from finequant.train.features import cached_features, default_cache_dir
 from finequant.train.lr_find import find_lr
 from finequant.train.metrics import confusion, metrics_from_confusion
 from finequant.train.probe import fit_linear_probe
@@ -125,27 +126,6 @@ def regularization(model: nn.Module, trainable: frozenset[str], cfg: FinetuneCon
         if cfg.l2sp and name in pretrained:
             reg = reg + cfg.l2sp * (p - pretrained[name]).pow(2).sum()
     return reg
-
-
-@torch.no_grad()
-def extract_features(model: nn.Module, head: nn.Module, loader: DataLoader, device: torch.device,
-                     progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the frozen body once and keep what the head receives (its input) for every sample
-    (with a progress bar and ETA titled ``progress`` when given)."""
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda m, args, out: captured.append(args[0].detach().cpu()))
-    labels = []
-    model.eval()
-    try:
-        with Progress(transient=True, disable=progress is None) as bar:
-            task = bar.add_task(progress or "", total=len(loader))
-            for inputs, y in loader:
-                forward(model, to_device(inputs, device))
-                labels.append(y)
-                bar.advance(task)
-    finally:
-        hook.remove()
-    return torch.cat(captured), torch.cat(labels)
 
 
 def _shard(dataset, info: DistInfo):
@@ -304,10 +284,12 @@ def finetune(loaded: LoadedModel, data: Splits | LabeledData, cfg: FinetuneConfi
                      and isinstance(head_module, nn.Linear) and not loaded.extra_heads)
         if use_cache and not cache:
             t0 = time.perf_counter()
+            cache_dir = None if cfg.feature_cache_dir == "" else Path(cfg.feature_cache_dir or default_cache_dir())
             for split, ds in (("train", train_set), ("val", val_set)):
-                feats, ys = extract_features(model, head_module, _loader(ds, cfg, 256, collate), device,
-                                             f"features of the {split} split" if info.is_main else None)
-                cache[split] = TensorDataset(feats, ys)
+                data_split = getattr(splits, split)
+                feats = cached_features(loaded, data_split, _loader(ds, cfg, 256, collate), device, cache_dir,
+                                        f"features of the {split} split" if info.is_main else None)
+                cache[split] = TensorDataset(feats, torch.as_tensor(data_split.labels))
             timings["feature_extraction_s"] += time.perf_counter() - t0
         if phase_idx != current_phase:
             set_trainable(model, phase.trainable, head, cfg.train_bn, cfg.freeze_bn_stats)

@@ -1,0 +1,56 @@
+"""How closely a runtime's outputs follow the simulated quantized model: the measure behind "what ships is
+what was measured", shared by ``export`` (checked once when the file is written) and ``evaluate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from finequant.models.base import forward
+from finequant.quant.ptq.common import float_reference
+
+SIMULATION_SHARE = 0.1
+"""The simulation must explain what int8 changes: error(sim, runtime) <= 0.1 x error(float, runtime), or be
+within twice the simulation's own rounding-flip noise (below)."""
+FLIP_PERTURBATION = 1e-6
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum() / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30))
+
+
+def rel_error(got: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(got - reference) / max(float(np.linalg.norm(reference)), 1e-30))
+
+
+@torch.no_grad()
+def simulation_agreement(model: torch.nn.Module, x: Any, got: np.ndarray) -> dict[str, float]:
+    """The runtime's logits ``got`` against the simulated model's and the float model's on ``x``.
+
+    ``explained`` is the share of the runtime's departure from float that the simulation reproduces
+    (1 - error(sim) / error(float)); the float run switches the model's quantized layers off (for a model
+    read from a quantized folder its weights are the dequantized ones). ``flip_noise`` is how far the
+    simulation moves when its image input changes by 1e-6 relative: two exact implementations of the same
+    int8 arithmetic that sum in another order differ by that much (a rounding flip in one layer changes
+    the next one's input by a whole step; untrained deep models amplify it)."""
+    model.eval()
+    sim = forward(model, x).float().numpy()
+    with float_reference(model):
+        flt = forward(model, x).float().numpy()
+    noise = 0.0
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        gen = torch.Generator().manual_seed(0)
+        nudged = x * (1 + FLIP_PERTURBATION * torch.randn(x.shape, generator=gen))
+        noise = rel_error(forward(model, nudged).float().numpy(), sim)
+    sim_error, int8_error = rel_error(got, sim), rel_error(got, flt)
+    return {"cosine": cosine(got, sim), "sim_rel_error": sim_error, "int8_rel_error": int8_error,
+            "explained": 1.0 - sim_error / int8_error if int8_error > 0 else 1.0, "flip_noise": noise}
+
+
+def simulation_explains(agreement: dict[str, float]) -> bool:
+    """The contract: the runtime departs from the simulation by at most a tenth of what int8 changes, or by
+    no more than twice the simulation's own rounding-flip noise."""
+    return agreement["sim_rel_error"] <= max(SIMULATION_SHARE * agreement["int8_rel_error"],
+                                             2 * agreement["flip_noise"])
