@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from finequant.cpu import cpu_class
+from finequant.cpu import cpu_description
 
 
 def make_folder(root: Path, n: int) -> Path:
@@ -50,11 +51,12 @@ _WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).ret
          "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r)")
 
 
-def run(cmd: list[str], out: Path) -> dict:
-    """One run in a child process: wall time, peak RSS of its largest process, its summary."""
+def run(cmd: list[str], out: Path, cache: Path) -> dict:
+    """One run in a child process (feature cache in ``cache``): wall time, peak RSS of its largest process,
+    its summary."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _WRAP, *cmd], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "120"})
+                          env={**os.environ, "COLUMNS": "120", "XDG_CACHE_HOME": str(cache)})
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -69,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=50_000)
     ap.add_argument("--strategy", default="last-layer")
+    ap.add_argument("--skip-torchrun", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("/tmp/finequant-scale"))
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     args = ap.parse_args()
@@ -78,13 +81,18 @@ def main() -> None:
     base = ["finetune", "--model", "efficientnet_lite0", "--data", f"imagefolder:{folder}", "--image-size", "64",
             "--strategy", args.strategy]
     single, ddp = args.work / "run1", args.work / "run2"
-    results = {"images": args.images, "strategy": args.strategy, "cpu": cpu_class(), "cores": os.cpu_count(),
+    results = {"images": args.images, "strategy": args.strategy, "cpu": cpu_description(), "cores": os.cpu_count(),
                "make_folder_s": make_s}
-    results["one process"] = run([sys.executable, "-m", "finequant", *base, "--out", str(single)], single)
+    shutil.rmtree(args.work / "cache", ignore_errors=True)  # every run below starts without cached features
+    one = [sys.executable, "-m", "finequant", *base, "--out", str(single)]
+    results["one process"] = run(one, single, args.work / "cache" / "1")
     print("one process:", json.dumps(results["one process"]))
-    results["torchrun x2"] = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                                  "-m", "finequant", *base, "--out", str(ddp)], ddp)
-    print("torchrun x2:", json.dumps(results["torchrun x2"]))
+    results["one process, features cached"] = run(one, single, args.work / "cache" / "1")  # the same cache: reused
+    print("one process, cached:", json.dumps(results["one process, features cached"]))
+    if not args.skip_torchrun:
+        results["torchrun x2"] = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                      "-m", "finequant", *base, "--out", str(ddp)], ddp, args.work / "cache" / "2")
+        print("torchrun x2:", json.dumps(results["torchrun x2"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
 

@@ -111,7 +111,38 @@ def test_export_warns_when_most_compute_stays_float(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="finequant.runtime.exporters"):
         r = export(qm, tmp_path / "m.onnx", loaded=loaded)
     assert r["int8_compute_share"] < 0.5 and "blocks." in r["float_layers"].__repr__() or r["float_layers"] == {}
-    assert "of the multiply-adds run in int8" in caplog.text and "blocks." in caplog.text
+    assert "run in int8: the largest float layers are" in caplog.text and "blocks." in caplog.text
+
+
+class _Attention(nn.Module):
+    """nn.MultiheadAttention computes with out_proj's weight itself: that Linear never runs as a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_layers_a_parent_computes_with_count_as_float_in_the_export_report(tmp_path):
+    from finequant.models.base import LoadedModel
+
+    torch.manual_seed(0)
+    net = _Attention().eval()
+    loaded = LoadedModel(net, "test:attn", "image", "head", {"spec": "test:attn"})
+    qm = quantize(net, QuantConfig(), [torch.randn(4, 6, 64) for _ in range(2)])
+    from finequant.runtime.backends import Deployable
+    from finequant.runtime.exporters import int8_report
+
+    dep = Deployable(loaded, qm)
+    dep.example = lambda batch=1: torch.randn(batch, 6, 64)  # a token batch, not an image
+    r = int8_report(dep, {"head": "int8 QDQ"}, 1000)
+    assert "attn.out_proj" in r["float_layers"] and "not called as a module" in r["float_layers"]["attn.out_proj"]
+    assert "attn.in_proj_weight" in r["float_layers"]  # q/k/v: 3 x 64 x 64 weights, float
+    assert r["int8_weight_share"] < 0.1 and r["int8_compute_share"] == 1.0  # out_proj's MACs are invisible
+    assert "Conv/Linear weights run in int8" in r["warnings"][0] and "attn.out_proj" in r["warnings"][0]
 
 
 def test_an_artifact_made_for_a_vnni_cpu_warns_on_an_avx2_one(tmp_path, caplog, monkeypatch):
@@ -131,3 +162,16 @@ def test_an_artifact_made_for_a_vnni_cpu_warns_on_an_avx2_one(tmp_path, caplog, 
     with caplog.at_level("WARNING", logger="finequant.quant.artifact"):
         load_quantized(tmp_path / "q")
     assert "quantized on x86-vnni with 8-bit weights" in caplog.text and "quantize again" in caplog.text
+
+
+def test_export_says_nothing_when_the_simulation_has_the_files_points_and_warns_when_not(tmp_path, caplog):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 4)).eval()
+    qm = quantize(net, QuantConfig(), [torch.randn(4, 3, 16, 16) for _ in range(2)])
+    x = torch.randn(2, 3, 16, 16)
+    with caplog.at_level("WARNING", logger="finequant.runtime.onnx_qdq"):
+        export_qdq(qm, x[:1], tmp_path / "a.onnx")  # its clipped-range point, stored as float32: equal
+        assert "differently" not in caplog.text
+        qm.quant_layers()["0"].set_deployed_output(None)
+        export_qdq(qm, x[:1], tmp_path / "b.onnx")
+    assert "1 output quantization point(s) differently" in caplog.text

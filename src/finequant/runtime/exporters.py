@@ -59,20 +59,38 @@ def _parent_of(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
 
 
 def int8_report(dep: Deployable, layers: dict[str, str], file_bytes: int) -> dict[str, Any]:
-    """Which layers the file runs in int8, their share of the multiply-adds, the file's size against fp32
-    weights, and warnings when the file is int8 in name only."""
+    """Which layers the file runs in int8, their share of the multiply-adds and of the Conv/Linear weights,
+    the file's size against fp32, and warnings when the file is int8 in name only.
+
+    Layers whose parent computes with their weight directly (``nn.MultiheadAttention``, torchvision's
+    Swin attention) never run as modules, so no multiply-adds are counted for them: the weight share
+    catches them."""
+    from finequant.quant.modules import QuantLayer
+
     macs = layer_macs(dep.model, dep.example(1))
     int8 = {n for n, how in layers.items() if "int8" in how and "float" not in how}
-    total = sum(macs.values()) or 1
-    share = sum(v for n, v in macs.items() if n in int8) / total
+    uncalled = {n: r for n, r in dep.quantized.float_layers().items()
+                if isinstance(dep.model.get_submodule(n), (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))}
+    weights = {n: (m.layer if isinstance(m, QuantLayer) else m).weight.numel() for n, m in dep.model.named_modules()
+               if isinstance(m, QuantLayer) or n in uncalled}
+    for n, m in dep.model.named_modules():  # its packed q/k/v projection is a bare parameter, not a layer
+        if isinstance(m, torch.nn.MultiheadAttention) and m.in_proj_weight is not None:
+            weights[f"{n}.in_proj_weight"] = m.in_proj_weight.numel()
+            uncalled[f"{n}.in_proj_weight"] = "nn.MultiheadAttention multiplies by it itself: float"
+    share = sum(v for n, v in macs.items() if n in int8) / (sum(macs.values()) or 1)
+    weight_share = sum(v for n, v in weights.items() if n in int8) / (sum(weights.values()) or 1)
     fp32_bytes = 4 * sum(p.numel() for p in dep.loaded.model.parameters())
-    report = {"int8_layers": len(int8), "float_layers": {n: how for n, how in layers.items() if n not in int8},
-              "int8_compute_share": share, "size_vs_fp32_weights": file_bytes / max(fp32_bytes, 1), "warnings": []}
-    if share < MIN_INT8_COMPUTE:
-        heavy = sorted((n for n in macs if n not in int8), key=macs.get, reverse=True)[:5]
+    report = {"int8_layers": len(int8),
+              "float_layers": {**uncalled, **{n: how for n, how in layers.items() if n not in int8}},
+              "int8_compute_share": share, "int8_weight_share": weight_share,
+              "size_vs_fp32_weights": file_bytes / max(fp32_bytes, 1), "warnings": []}
+    if min(share, weight_share) < MIN_INT8_COMPUTE:
+        size = {**weights, **macs}
+        heavy = sorted((n for n in size if n not in int8), key=size.get, reverse=True)[:5]
         report["warnings"].append(
-            f"only {share:.0%} of the multiply-adds run in int8: the largest float layers are "
-            + ", ".join(f"{n} ({layers.get(n, 'not quantized')})" for n in heavy))
+            f"only {share:.0%} of the multiply-adds and {weight_share:.0%} of the Conv/Linear weights run in int8: "
+            "the largest float layers are "
+            + ", ".join(f"{n} ({report['float_layers'].get(n, 'not quantized')})" for n in heavy))
     return report
 
 

@@ -274,12 +274,13 @@ def export_qdq(qm: QuantizedModel, example: torch.Tensor, path: str | Path | Non
         onnx.ModelProto, dict[str, str]]:
     """QDQ int8 ONNX of a statically quantized model. Returns the proto and, per layer, what was done."""
     proto, done, points = _export_qdq(qm, example, path)
-    mismatched = {n: p for n, p in points.items() if _point(qm.quant_layers()[n]) != p}
+    simulated = {n: p for n, layer in qm.quant_layers().items() if (p := _point(layer)) is not None}
+    exported = {n: (float(np.float32(scale)), zp) for n, (scale, zp) in points.items()}  # as the file stores them
+    mismatched = sorted(n for n in simulated.keys() | exported.keys() if simulated.get(n) != exported.get(n))
     if mismatched:
-        log.warning("the simulation lacks %d of the %d output quantization points of the exported file (%s); "
-                    "its accuracy is not what this file computes: quantize again, or call "
-                    "place_output_quantization(qm, example) first", len(mismatched), len(points),
-                    ", ".join(list(mismatched)[:5]))
+        log.warning("the simulation places %d output quantization point(s) differently from the exported file "
+                    "(%s); its accuracy is not what this file computes: quantize again, or call "
+                    "place_output_quantization(qm, example) first", len(mismatched), ", ".join(mismatched[:5]))
     return proto, done
 
 
