@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from finequant.cpu import has_vnni
 from finequant.data import load_data, make_loader, stratified_split
 from finequant.models import load_artifact, load_model
 from finequant.quant import QuantConfig, quantize
@@ -29,6 +28,7 @@ from finequant.runtime.backends import Runner
 from finequant.runtime.bench import measure_side_by_side
 from finequant.runtime.onnx_qdq import export_float, export_qdq
 from finequant.runtime.ort import integer_ops, optimized_ops, run, session
+from peers import ort_quantize_static
 
 BATCHES = (1, 16)
 
@@ -46,32 +46,6 @@ def torch_runner(model: torch.nn.Module) -> Runner:
 def ort_runner(path: Path, threads: int) -> Runner:
     sess = session(path, threads=threads, spin=False)
     return Runner("onnxruntime", lambda x: run(sess, x), path)
-
-
-def ort_quantize_static(fp32: Path, out: Path, calib: list[np.ndarray], method: str,
-                        op_types: list[str] | None = None) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
-        quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.it, None)
-            return None if x is None else {"input": x}
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    # ORT's documented workflow: pre-process (shape inference + graph optimization, e.g. Conv+Relu
-    # fusion) before quantizing; without it ResNet-18 kept 16 of its 20 Convs in float.
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    # ORT's guidance for u8 x s8 on CPUs without VNNI: reduce_range (7-bit weights), else its kernels saturate
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=not has_vnni(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=op_types)
-    return out
 
 
 def accuracy(runner: Runner, test: list[tuple[np.ndarray, np.ndarray]]) -> float:

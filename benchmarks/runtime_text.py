@@ -31,6 +31,7 @@ from finequant.runtime.onnx_dynamic import export_dynamic
 from finequant.runtime.onnx_qdq import export_float
 from finequant.runtime.torch_int8 import dynamic_int8_model
 from finequant.runtime.ort import optimized_ops, run, session
+from peers import ort_quantize_dynamic
 
 
 ONNX_FILES = {"ORT fp32": "fp32.onnx", "finequant dynamic int8 (ORT)": "finequant.int8.onnx",
@@ -52,10 +53,8 @@ def main() -> None:
     export_float(loaded.model, example, tmp / "fp32.onnx")
     qm = quantize(loaded, QuantConfig(method="dynamic"))
     _, done = export_dynamic(qm, example, tmp / "finequant.int8.onnx")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     t0 = time.perf_counter()
-    quantize_dynamic(tmp / "fp32.onnx", tmp / "ort.int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    ort_quantize_dynamic(tmp / "fp32.onnx", tmp / "ort.int8.onnx")
     ort_q_s = time.perf_counter() - t0
     sessions = {name: session(tmp / f, spin=False) for name, f in ONNX_FILES.items()}
     loaded.model.eval()

@@ -34,8 +34,11 @@ def test_qdq_export_runs_on_integer_kernels_and_matches_simulation(trained, tmp_
     proto, done = export_qdq(qm, x[:1], tmp_path / "q.onnx")
     assert set(done.values()) == {"int8 QDQ"} and len(done) == 4
     weights = {i.name: i for i in proto.graph.initializer}
-    assert weights["0.weight_quantized"].data_type == onnx.TensorProto.INT8
-    assert "0.weight" not in weights  # the float weight is gone: the file holds int8
+    weights.update({n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"})
+    conv_weights = [weights[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                    and n.input[0] in weights and len(weights[n.input[0]].dims) == 4]
+    assert len(conv_weights) == 3 and all(w.data_type == onnx.TensorProto.INT8 for w in conv_weights)
+    assert not any(len(w.dims) == 4 and w.data_type == onnx.TensorProto.FLOAT for w in weights.values())
     ops = optimized_ops(tmp_path / "q.onnx", tmp_path)
     ints = integer_ops(ops)
     assert ints.get("QLinearConv", 0) == 3 and sum(ints.values()) >= 4, ops

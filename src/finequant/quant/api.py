@@ -18,10 +18,14 @@ from finequant.models.base import LoadedModel, forward
 from finequant.quant.config import QATConfig, QuantConfig
 from finequant.quant.ptq.equalize import ChannelClip
 from finequant.quant.fold import fold_batchnorm
+from finequant.quant.attention import split_attention
 from finequant.quant.lstm import split_lstms
 from finequant.quant.methods import METHODS
+from finequant.quant.ptq.common import float_reference
 from finequant.quant.ptq.steps import ordered
+from finequant.quant.methods import act_spec
 from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
+from finequant.quant.points import OP_KINDS, ActivationPoints, attach, points_of
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,14 @@ class QuantizedModel:
     def quant_layers(self) -> dict[str, QuantLayer]:
         return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantLayer)}
 
+    @property
+    def points(self) -> ActivationPoints | None:
+        """The activation quantization points (static methods), see :mod:`finequant.quant.points`."""
+        return points_of(self.model)
+
     def qparams(self) -> QParams:
         return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded),
-                       rewrites=self.rewrites)
+                       rewrites=self.rewrites, points=None if self.points is None else self.points.state())
 
     def float_layers(self) -> dict[str, str]:
         return {n: r["reason"] for n, r in self.layers.items() if r["status"] == "float"}
@@ -73,14 +82,16 @@ class QParams(dict):
     the model with :func:`finequant.quant.artifact.save_quantized`, not qparams alone."""
 
     def __init__(self, layers: dict[str, LayerQParams], folded: list[tuple[str, str]],
-                 rewrites: dict[str, int] | None = None) -> None:
+                 rewrites: dict[str, int] | None = None,
+                 points: dict[str, tuple[float, int]] | None = None) -> None:
         super().__init__(layers)
         self.folded = folded
         self.rewrites = rewrites or {}
+        self.points = points  # activation points of static methods: key -> (scale, zero point)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": {n: q.to_dict() for n, q in self.items()}, "folded": self.folded,
-                "rewrites": self.rewrites}
+                "rewrites": self.rewrites, "points": self.points}
 
 
 def _module(model: nn.Module | LoadedModel) -> nn.Module:
@@ -112,7 +123,8 @@ def _float_reason(module: nn.Module) -> str:
     if isinstance(module, nn.LSTM):
         return "LSTM with proj_size is not supported; kept in float"
     if isinstance(module, nn.MultiheadAttention):
-        return "nn.MultiheadAttention (fused attention kernel) has no quantized form in finequant yet; kept in float"
+        return ("nn.MultiheadAttention with separate key/value sizes or extra key/value biases multiplies by its "
+                "own weights; kept in float")
     return f"{type(module).__name__} has no quantized kernel in finequant; kept in float"
 
 
@@ -124,6 +136,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
     net = copy.deepcopy(_module(model)).eval()
     if isinstance(net, (*SUPPORTED_LAYERS, nn.LSTM)):  # a bare layer: give it a parent so it can be wrapped
         net = nn.Sequential(net)
+    reparameterize(net)
     pairs: list[tuple[str, str]] = []
     if config.fold_bn and not config.info.trained and any(isinstance(m, _BatchNorm) for m in net.modules()):
         if folded is not None or example is not None:
@@ -133,12 +146,12 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
     for name, channels in (rewrites or {}).items():
         net.set_submodule(name, ChannelClip(channels))  # its bounds come with the saved float tensors
     split_lstms(net)  # gate projections become Linear layers, quantized like any other
+    split_attention(net)  # nn.MultiheadAttention's packed projections become Linear layers too
     for m in net.modules():
         if isinstance(m, nn.TransformerEncoderLayer):
             # torch's fused encoder fast path computes with the float weights and never calls the
             # (quantized) linear layers; this flag is one of its preconditions and not used otherwise
             m.activation_relu_or_gelu = False
-    uncalled = _uncalled_layers(net, example)
     method = METHODS.get(config.method)
     layers: dict[str, dict[str, Any]] = {}
     for name, module in list(net.named_modules()):
@@ -146,40 +159,61 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
             continue
         if isinstance(module, SUPPORTED_LAYERS):
             cfg = config.for_layer(name)
-            if name in uncalled:
-                plan = ("not called as a module in the forward pass (its parent reads the weight directly, e.g. "
-                        "a fused attention kernel); kept in float")
-            else:
-                plan = "left in float by skip/overrides" if cfg is None else method(module, cfg)
+            plan = "left in float by skip/overrides" if cfg is None else method(module, cfg)
             if isinstance(plan, str):
                 layers[name] = {"type": type(module).__name__, "status": "float", "reason": plan}
                 continue
             net.set_submodule(name, QuantLayer(module, plan.weight_spec, plan.act_mode, plan.act_spec,
-                                               cfg.observer, cfg.weight_observer, cfg.seed))
+                                               cfg.weight_observer))
             layers[name] = {"type": type(module).__name__, "status": "quantized",
                             "weights": f"{plan.weight_spec.scheme}{plan.weight_spec.bits}",
                             "granularity": plan.weight_spec.granularity, "activations": plan.act_mode}
         elif any(True for _ in module.parameters(recurse=False)):
             layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
+    if any(m.act_mode == "static" for m in net.modules() if isinstance(m, QuantLayer)):
+        attach(net, ActivationPoints(act_spec(config), config.observer, config.seed, int8_ops(config)))
+    for name in _uncalled_layers(net, example):
+        net.set_submodule(name, net.get_submodule(name).layer)
+        layers[name] = {**layers[name], "status": "float", "reason": (
+            "its parent computes with the weight itself (a fused kernel), never calling the layer; kept in float")}
     return QuantizedModel(net, config, layers, pairs)
 
 
 @torch.no_grad()
-def _uncalled_layers(net: nn.Module, example: Any) -> set[str]:
-    """Supported layers that a forward pass on ``example`` never calls as modules: their parent uses the
-    weight itself (nn.MultiheadAttention's out_proj, a fused encoder fast path), so a wrapper would
-    crash or be bypassed. Without an example, the layers inside nn.MultiheadAttention."""
-    layers = {n: m for n, m in net.named_modules() if isinstance(m, SUPPORTED_LAYERS) and n}
+def int8_ops(config: QuantConfig) -> tuple[str, ...]:
+    """The kinds of activation ops a static model runs int8: the config's, else all (see docs/coverage.md)."""
+    return tuple(config.int8_ops) if config.int8_ops is not None else OP_KINDS
+
+
+def reparameterize(net: nn.Module) -> bool:
+    """Fuse re-parameterizable blocks (RepVGG, MobileOne, FastViT...) for inference, in place, with timm's own
+    ``reparameterize_model`` (each block's ``fuse``/``reparameterize``): exact in eval, and one convolution
+    per block instead of three branches and their BatchNorms. Returns whether anything was fused."""
+    names = ("fuse", "reparameterize", "switch_to_deploy")
+    if not any(type(m).__module__.startswith("timm.") and any(hasattr(m, n) for n in names) for m in net.modules()):
+        return False
+    from timm.models._manipulate import reparameterize_model
+
+    reparameterize_model(net, inplace=True)
+    return True
+
+
+def _uncalled_layers(net: nn.Module, example: Any) -> list[str]:
+    """Wrapped layers that a forward pass on ``example`` never runs: their parent computes with the weight
+    itself in a way the activation points cannot route back (a fused kernel), so the wrapper would be
+    bypassed. Without an example, the layers inside nn.MultiheadAttention."""
+    layers = {n: m for n, m in net.named_modules() if isinstance(m, QuantLayer)}
     if example is None:
-        return {n for n in layers if any(isinstance(m, nn.MultiheadAttention) for m in _parents(net, n))}
+        return [n for n in layers if any(isinstance(m, nn.MultiheadAttention) for m in _parents(net, n))]
     called: set[str] = set()
     hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(n)) for n, m in layers.items()]
     try:
-        forward(net, example)
+        with float_reference(net):
+            forward(net, example)
     finally:
         for h in hooks:
             h.remove()
-    return set(layers) - called
+    return [n for n in layers if n not in called]
 
 
 def _parents(net: nn.Module, name: str) -> list[nn.Module]:
@@ -189,24 +223,25 @@ def _parents(net: nn.Module, name: str) -> list[nn.Module]:
 
 @torch.no_grad()
 def calibrate(qm: QuantizedModel, batches: list[Any]) -> int:
-    """Run calibration batches through the model; static layers record ranges, then freeze them."""
-    static = [m for m in qm.quant_layers().values() if m.act_mode == "static"]
-    if not static:
+    """Run calibration batches through the model: its activation points record ranges, then freeze them."""
+    points = qm.points
+    if points is None:
         return 0
     if not batches:
         raise FinequantError(f"method '{qm.config.method}' needs calibration data: pass calib_data "
                              f"(e.g. a DataLoader of the train split; {qm.config.calib_batches} batches are used)")
-    for m in static:
-        m.calibrating = True
     qm.model.eval()
-    for inputs in batches:
-        forward(qm.model, inputs)
-    unseen = [n for n, m in qm.quant_layers().items() if m.act_mode == "static" and not m.observer.observed]
-    for m in static:
-        m.finish_calibration()
+    with points.mode_as("calibrate"):
+        for inputs in batches:
+            forward(qm.model, inputs)
+    points.finish_calibration()
+    unseen = [n for n, m in qm.quant_layers().items() if m.act_mode == "static" and m.input_point is None]
     if unseen:
         raise FinequantError(f"calibration never reached layer(s) {unseen[:5]}; is the calibration data the "
                              "kind of input the model takes?")
+    for m in qm.quant_layers().values():
+        if m.input_point is not None:
+            m.act_scale, m.act_zero_point = points.qparams_of(m.input_point)
     return len(batches)
 
 
@@ -240,22 +275,7 @@ def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
     for name, step, info in steps:
         if not info.before_calibration:
             qm.ptq_report[name] = step(qm.model, batches, config)
-    place_deployed_outputs(qm, example)
     return qm
-
-
-def place_deployed_outputs(qm: QuantizedModel, example: Any) -> None:
-    """Give a model that exports to QDQ ONNX the output quantization points of its exported graph, so that
-    the simulated model computes what ONNX Runtime computes from the file (a warning where it cannot)."""
-    if METHODS.info(qm.config.method).exporter != "onnx-qdq" or not isinstance(example, torch.Tensor):
-        return
-    from finequant.runtime.onnx_qdq import place_output_quantization
-
-    try:
-        place_output_quantization(qm, example[:1])
-    except FinequantError as e:
-        log.warning("the simulation cannot place the exported graph's output quantization (%s); the accuracy "
-                    "it reports may differ from the deployed file's", e)
 
 
 def _synthetic_example(model: nn.Module | LoadedModel) -> torch.Tensor | None:
@@ -303,4 +323,11 @@ def quantize_inference(model: nn.Module | LoadedModel, qparams: QParams,
             layer.load_qparams(qparams[name])
         else:  # layers without qparams stay float: unwrap
             qm.model.set_submodule(name, layer.layer)
+    static = [q for q in qparams.values() if q.act_mode == "static"]
+    if static:
+        if qparams.points is None:
+            raise FinequantError("these qparams quantize activations statically but carry no activation points "
+                                 "(made by an older finequant?): quantize the model again")
+        points = points_of(qm.model) or attach(qm.model, ActivationPoints(static[0].act_spec, ops=int8_ops(config)))
+        points.load_state(qparams.points)
     return qm.model.eval()

@@ -33,7 +33,7 @@ from finequant.quant.spec import QuantSpec
 
 QUANT_WEIGHTS, QUANT_CONFIG = "quant.safetensors", "quant.json"
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: activation points on tensors (static methods)
 
 
 def _code_offset(spec: QuantSpec) -> int:
@@ -63,24 +63,21 @@ def save_quantized(qm: QuantizedModel, loaded: LoadedModel, out_dir: str | Path)
             tensors[f"{name}.weight.codes"] = pack_codes(layer.weight_codes(), spec.bits, _code_offset(spec))
         for key, t in (("weight.scale", layer.weight_scale), ("weight.zero_point", layer.weight_zero_point),
                        ("weight.codebook", layer.codebook), ("act.scale", layer.act_scale),
-                       ("act.zero_point", layer.act_zero_point), ("out.scale", layer.out_scale),
-                       ("out.zero_point", layer.out_zero_point), ("deployed_out.scale", layer.deployed_out_scale),
-                       ("deployed_out.zero_point", layer.deployed_out_zero_point)):
+                       ("act.zero_point", layer.act_zero_point)):
             if t is None or (key == "weight.zero_point" and not t.any()):  # symmetric: all zero, not stored
                 continue
             tensors[f"{name}.{key}"] = t.detach().contiguous().clone()
         layers[name] = entry
     for key, t in qm.model.state_dict().items():
         if key in wrapped or key.rsplit(".", 1)[-1] in ("act_scale", "act_zero_point", "weight_scale",
-                                                           "weight_zero_point", "codebook", "out_scale",
-                                                           "out_zero_point", "deployed_out_scale",
-                                                           "deployed_out_zero_point"):
+                                                           "weight_zero_point", "codebook"):
             continue
         tensors[f"float.{key}"] = t.detach().cpu().clone().contiguous()
     atomic_write_bytes(out / QUANT_WEIGHTS, save(tensors, metadata={"format": "finequant-quant"}))
+    points = None if qm.points is None else qm.points.state()
     atomic_write_text(out / QUANT_CONFIG, json.dumps({
         "format_version": FORMAT_VERSION, "config": asdict(qm.config), "layers": layers, "cpu": cpu_class(),
-        "folded": [list(p) for p in qm.folded], "rewrites": qm.rewrites}, indent=2))
+        "folded": [list(p) for p in qm.folded], "rewrites": qm.rewrites, "points": points}, indent=2))
     return out
 
 
@@ -95,9 +92,7 @@ def _decode_weight(entry: dict[str, Any], tensors: dict[str, torch.Tensor], name
     if zero_point is None and scale is not None and spec.scheme == "affine":
         zero_point = torch.zeros(scale.shape, dtype=torch.int32)
     q = LayerQParams(spec, scale, zero_point, entry["act_mode"], act_spec, get(f"{name}.act.scale"),
-                     get(f"{name}.act.zero_point"), get(f"{name}.weight.codebook"), get(f"{name}.out.scale"),
-                     get(f"{name}.out.zero_point"), get(f"{name}.deployed_out.scale"),
-                     get(f"{name}.deployed_out.zero_point"))
+                     get(f"{name}.act.zero_point"), get(f"{name}.weight.codebook"))
     if spec.is_float:
         return tensors[f"{name}.weight.cast"].float(), q
     codes = unpack_codes(tensors[f"{name}.weight.codes"], spec.bits, _code_offset(spec), shape)
@@ -142,8 +137,13 @@ def load_quantized(path: str | Path, *, trust_remote_code: bool = False) -> tupl
         raise ModelError(f"{path / QUANT_WEIGHTS} is damaged or truncated ({e}); quantize the model again") from e
     loaded = build_from_config(path, trust_remote_code=trust_remote_code)
     decoded = {name: _decode_weight(entry, tensors, name) for name, entry in meta["layers"].items()}
+    points = meta.get("points")
+    if any(q.act_mode == "static" for _, q in decoded.values()) and not isinstance(points, dict):
+        raise ModelError(f"{path} was quantized by a finequant older than its activation points (format "
+                         f"{version}); quantize the model again")
     qparams = QParams({n: q for n, (_, q) in decoded.items()}, folded=[tuple(p) for p in meta["folded"]],
-                      rewrites=meta.get("rewrites", {}))
+                      rewrites=meta.get("rewrites", {}),
+                      points=None if points is None else {k: (float(v[0]), int(v[1])) for k, v in points.items()})
     config = QuantConfig.from_dict(meta["config"])
     _check_cpu(path, meta.get("cpu"), config)
     model = quantize_inference(loaded, qparams, config)

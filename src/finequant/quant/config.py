@@ -12,6 +12,10 @@ from finequant.errors import ConfigError
 from finequant.quant.spec import GRANULARITIES, SCHEMES
 
 
+OP_KINDS = ("add", "mul", "sigmoid", "pool", "silu", "hardswish", "concat", "matmul")
+"""Kinds of activation ops that can run int8 besides Conv/Linear (see :mod:`finequant.quant.points`)."""
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Defaults give W8A8 static PTQ: int8 per-channel symmetric weights, uint8 per-tensor activations.
@@ -44,6 +48,9 @@ class QuantConfig:
     """Calibration batches."""
     fold_bn: bool = True
     """Fold BatchNorm into the preceding convolution before quantizing."""
+    int8_ops: list[str] | None = None
+    """Kinds of activation ops run int8 besides Conv/Linear (static): add, mul, sigmoid, pool, silu, hardswish,
+    concat, matmul (attention products); default: those that pay on this CPU's runtime."""
     ptq: list[str] = field(default_factory=list)
     """Advanced PTQ steps to run (repeatable): cle, adaround, bias-correction."""
     adaround_iterations: int = 400
@@ -84,6 +91,9 @@ class QuantConfig:
         for key in ("weight_bits", "act_bits"):
             if not 2 <= getattr(self, key) <= 16:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 2 and 16")
+        for kind in self.int8_ops or ():
+            if kind not in OP_KINDS:
+                raise ConfigError(f"int8_ops: {kind!r} is not one of {', '.join(OP_KINDS)}")
         for step in self.ptq:
             if step not in PTQ_STEPS:
                 raise ConfigError(f"ptq: {PTQ_STEPS.unknown_message(step)}")

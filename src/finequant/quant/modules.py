@@ -15,17 +15,19 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from finequant.errors import FinequantError
+from finequant.quant import points
 from finequant.quant.affine import dequantize, fake_quantize, minmax_of, qparams, quantize
 from finequant.quant.nonlinear import kmeans_assign, kmeans_codebook, kmeans_dequantize, pow2_dequantize, \
     pow2_quantize
-from finequant.quant.observers import OBSERVERS, Observer
+from finequant.quant.observers import OBSERVERS
+from finequant.quant.points import DequantizeWeight
 from finequant.quant.spec import QuantSpec
 
 # One source of truth for what can be quantized: layers with a weight that a kernel multiplies.
 # (nn.LSTM is rewritten into Linear gate projections first: see quant/lstm.py.)
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
 ActMode = Literal["static", "dynamic", "float", "cast"]
-DEPLOYED_OUTPUT = QuantSpec(bits=8, symmetric=False, signed=False)  # uint8, as QuantizeLinear in the QDQ export
 
 
 @dataclass
@@ -40,10 +42,6 @@ class LayerQParams:
     act_scale: torch.Tensor | None = None
     act_zero_point: torch.Tensor | None = None
     codebook: torch.Tensor | None = None
-    out_scale: torch.Tensor | None = None
-    out_zero_point: torch.Tensor | None = None
-    deployed_out_scale: torch.Tensor | None = None
-    deployed_out_zero_point: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def t(x: torch.Tensor | None) -> Any:
@@ -53,39 +51,30 @@ class LayerQParams:
                 "weight_zero_point": t(self.weight_zero_point), "act_mode": self.act_mode,
                 "act_spec": None if self.act_spec is None else self.act_spec.__dict__,
                 "act_scale": t(self.act_scale), "act_zero_point": t(self.act_zero_point),
-                "codebook": t(self.codebook), "out_scale": t(self.out_scale),
-                "out_zero_point": t(self.out_zero_point), "deployed_out_scale": t(self.deployed_out_scale),
-                "deployed_out_zero_point": t(self.deployed_out_zero_point)}
+                "codebook": t(self.codebook)}
 
 
 class QuantLayer(nn.Module):
     """Wraps ``layer``; runs it with quantized weights via ``functional_call`` (so subclasses such as
-    timm's Conv2dSame keep their own forward) after quantizing its input activation."""
+    timm's Conv2dSame keep their own forward) after quantizing its input activation.
+
+    Static input activations are quantized by the model's activation points (:mod:`finequant.quant.points`),
+    which own every activation range; ``act_scale``/``act_zero_point`` mirror this layer's input point
+    (for its int32 bias, PTQ algorithms and reports)."""
 
     def __init__(self, layer: nn.Module, weight_spec: QuantSpec, act_mode: ActMode = "float",
-                 act_spec: QuantSpec | None = None, observer: str = "minmax", weight_observer: str = "minmax",
-                 seed: int = 0) -> None:
+                 act_spec: QuantSpec | None = None, weight_observer: str = "minmax") -> None:
         super().__init__()
         self.layer = layer
         self.weight_spec, self.act_mode, self.act_spec = weight_spec, act_mode, act_spec
         self.weight_observer = weight_observer
-        self.observer: Observer | None = OBSERVERS.get(observer)(act_spec, seed) if act_mode == "static" else None
-        # Output ranges: ONNX export quantizes a Conv's output with them where no quantized layer consumes
-        # it directly (e.g. before a residual Add), as ORT needs a QuantizeLinear after a Conv to run it as
-        # QLinearConv; the simulation then quantizes the same output (deployed_out_*), so what it
-        # computes is what the exported file computes.
-        self.output_observer: Observer | None = (OBSERVERS.get("minmax")(act_spec, seed)
-                                                 if act_mode == "static" else None)
-        self.calibrating = False
         self.enabled = True  # False: run the float layer (the float reference that PTQ algorithms compare to)
         self.qat = False  # True: weights re-quantized from the live float weights every forward (STE)
-        self.observe_in_training = False  # QAT: activation ranges keep following the data until frozen
+        self.input_point: str | None = None  # the activation point of this layer's input (set when run)
+        self.exported_as: str | None = None  # how the last ONNX export wrote this layer
+        self._export_cache: tuple | None = None
         self.register_buffer("act_scale", None)
         self.register_buffer("act_zero_point", None)
-        self.register_buffer("out_scale", None)
-        self.register_buffer("out_zero_point", None)
-        self.register_buffer("deployed_out_scale", None)
-        self.register_buffer("deployed_out_zero_point", None)
         self.register_buffer("weight_scale", None)
         self.register_buffer("weight_zero_point", None)
         self.register_buffer("codebook", None)
@@ -131,8 +120,8 @@ class QuantLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight as quantized, for parents that read it (e.g. torch's encoder-layer fast-path checks).
-        Layers whose parent computes with the weight itself are never wrapped (see ``prepare``)."""
+        """The weight as quantized, for parents that read it. A parent that computes ``F.linear`` with it
+        itself (torchvision's Swin) is routed back through this layer by the activation points."""
         return self.quantized_weight()
 
     @property
@@ -159,12 +148,12 @@ class QuantLayer(nn.Module):
         return self._dequantized
 
     # --- activations ---------------------------------------------------------------------------
-    def finish_calibration(self) -> None:
-        if self.observer is None or not self.observer.observed:
-            return
-        self.act_scale, self.act_zero_point = self.observer.qparams()
-        self.out_scale, self.out_zero_point = self.output_observer.qparams()
-        self.calibrating = False
+    @property
+    def int8_kernel(self) -> bool:
+        """Runs as an int8 x int8 kernel in the QDQ export (static, affine, at most 8 bits, per channel)."""
+        spec = self.weight_spec
+        return (self.act_mode == "static" and spec.scheme == "affine" and spec.bits <= 8
+                and spec.granularity != "per-group" and not isinstance(self.layer, nn.Embedding))
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_mode == "cast":
@@ -172,50 +161,86 @@ class QuantLayer(nn.Module):
         if self.act_mode == "dynamic":
             scale, zp = qparams(*minmax_of(x, self.act_spec), self.act_spec)
             return fake_quantize(x, scale, zp, self.act_spec)
-        if self.act_mode == "static":
-            if self.act_scale is None:
-                from finequant.errors import FinequantError
-
-                raise FinequantError("static quantization needs calibration first: pass calib_data to quantize()")
-            return fake_quantize(x, self.act_scale, self.act_zero_point, self.act_spec)
-        return x
+        if self.act_mode != "static":
+            return x
+        watched = points.current()
+        if watched is not None:
+            xq = watched.points.quantize(x, f"{watched.scopes[-1][0]}:in", self.act_spec)
+            tag = points.tag_of(xq)
+            if tag is not None:
+                self.input_point = tag[1]
+                qp = watched.points.qparams_of(tag[1])
+                if qp is not None:
+                    self.act_scale, self.act_zero_point = qp
+            return xq
+        if self.act_scale is None:
+            raise FinequantError("static quantization needs calibration first: pass calib_data to quantize()")
+        return fake_quantize(x, self.act_scale, self.act_zero_point, self.act_spec)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if not self.enabled:
             return self.layer(x, *args, **kwargs)
-        if self.calibrating:
-            self.observer.observe(x)
-            y = self.layer(x, *args, **kwargs)
-            self.output_observer.observe(y)
-            return y
-        if self.training and self.observe_in_training and self.observer is not None:
-            self.observer.observe(x)
-            self.act_scale, self.act_zero_point = self.observer.qparams()
         if not isinstance(self.layer, nn.Embedding):
             x = self.quantize_input(x)
+        watched = points.current()
+        if watched is not None and watched.points.mode == "calibrate":
+            return self.layer(x, *args, **kwargs)
+        if watched is not None and watched.points.mode == "export":
+            return self._export_forward(x, *args, **kwargs)
         params = {"weight": self.quantized_weight()}
-        spec = self.weight_spec
-        if (isinstance(self.layer, (nn.Conv1d, nn.Conv2d)) or x.dim() == 2) and self.act_mode == "static" \
-                and self.act_scale is not None and self.bias is not None and spec.scheme == "affine" \
-                and spec.bits <= 8 and spec.granularity != "per-group":
+        if self.int8_kernel and self.act_scale is not None and self.bias is not None \
+                and (x.dim() == 2 or not isinstance(self.layer, nn.Linear)):
             params["bias"] = self.deployed_bias()  # as the exported Conv/Gemm stores it (int32)
-        y = functional_call(self.layer, params, (x, *args), kwargs)
-        if self.deployed_out_scale is not None:
-            y = fake_quantize(y, self.deployed_out_scale, self.deployed_out_zero_point, DEPLOYED_OUTPUT)
-        return y
+        return functional_call(self.layer, params, (x, *args), kwargs)
 
     def deployed_bias(self) -> torch.Tensor:
         """The bias rounded as the QDQ export stores it: int32 codes at scale input scale x weight scale
         (straight-through gradient, so QAT still trains it)."""
         b = self.layer.bias
-        scale = (self.act_scale * self.weight_scale.detach().flatten()).to(b.dtype)
-        rounded = torch.clamp(torch.round(b / scale), -(2**31), 2**31 - 1) * scale
+        rounded = torch.clamp(torch.round(b / self._bias_scale()), -(2**31), 2**31 - 1) * self._bias_scale()
         return b + (rounded - b).detach()
 
-    def set_deployed_output(self, point: tuple[float, int] | None) -> None:
-        """Quantize this layer's output to uint8 with (scale, zero point), as the exported graph does."""
-        self.deployed_out_scale = None if point is None else torch.tensor(point[0], dtype=torch.float32)
-        self.deployed_out_zero_point = None if point is None else torch.tensor(point[1], dtype=torch.int32)
+    def _bias_scale(self) -> torch.Tensor:
+        return (self.act_scale * self.weight_scale.detach().flatten()).to(self.layer.bias.dtype)
+
+    @torch.no_grad()
+    def export_constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple | None]:
+        """int8 weight codes, per-channel scales and zero points, and the int32 bias (codes, scale, zero
+        point). The exporter computes them before tracing (``exporting``), so the file stores constants."""
+        codes = self.weight_codes().to(torch.int8).clone()
+        scale = self.weight_scale.detach().flatten().float().clone()
+        if scale.numel() == 1:
+            scale = scale.expand(codes.shape[0]).clone()
+        zeros = torch.zeros(codes.shape[0], dtype=torch.int8)
+        b = self.layer.bias
+        if b is None:
+            return codes, scale, zeros, None
+        b_scale = self._bias_scale().detach().float().clone()
+        b_codes = torch.clamp(torch.round(b.detach().double() / b_scale.double()), -(2**31), 2**31 - 1)
+        return codes, scale, zeros, (b_codes.to(torch.int32), b_scale, torch.zeros_like(b_codes, dtype=torch.int32))
+
+    def _export_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The layer as the QDQ ONNX file holds it: int8 codes + DequantizeLinear (per output channel),
+        the bias as int32 codes + DequantizeLinear for Conv/Gemm; a Linear on 3-D inputs as MatMul with
+        the transposed codes (ONNX Runtime: MatMulIntegerToFloat) and a float bias Add."""
+        if not self.int8_kernel:
+            self.exported_as = (f"float in ONNX: {self.weight_spec.scheme}{self.weight_spec.bits}/{self.act_mode}"
+                                f"{'/per-group' if self.weight_spec.granularity == 'per-group' else ''} "
+                                "has no int8 QDQ form")
+            return _call_with(self.layer, {"weight": self.quantized_weight()}, x, *args, **kwargs)
+        codes, scale, zeros, bias_int = self._export_cache or self.export_constants()
+        b = self.layer.bias
+        self.exported_as = "int8 QDQ"
+        if isinstance(self.layer, nn.Linear) and x.dim() != 2:
+            w_t = DequantizeWeight.apply(codes.t().contiguous(), scale, zeros, 1)
+            y = torch.matmul(x, w_t)
+            return y if b is None else y + b.detach().clone()
+        bias = None if bias_int is None else DequantizeWeight.apply(*bias_int, 0)
+        if isinstance(self.layer, nn.Linear):
+            w_t = DequantizeWeight.apply(codes.t().contiguous(), scale, zeros, 1)
+            return torch.matmul(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
+        w = DequantizeWeight.apply(codes, scale, zeros, 0)
+        return _call_with(self.layer, {"weight": w, "bias": bias}, x, *args, **kwargs)
 
     # --- qparams in and out ----------------------------------------------------------------------
     def run_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -224,19 +249,29 @@ class QuantLayer(nn.Module):
 
     def qparams(self) -> LayerQParams:
         return LayerQParams(self.weight_spec, self.weight_scale, self.weight_zero_point, self.act_mode,
-                            self.act_spec, self.act_scale, self.act_zero_point, self.codebook,
-                            self.out_scale, self.out_zero_point, self.deployed_out_scale,
-                            self.deployed_out_zero_point)
+                            self.act_spec, self.act_scale, self.act_zero_point, self.codebook)
 
     @torch.no_grad()
     def load_qparams(self, q: LayerQParams) -> None:
         self.weight_spec, self.act_mode, self.act_spec = q.weight_spec, q.act_mode, q.act_spec
         self.weight_scale, self.weight_zero_point, self.codebook = q.weight_scale, q.weight_zero_point, q.codebook
         self.act_scale, self.act_zero_point = q.act_scale, q.act_zero_point
-        self.out_scale, self.out_zero_point = q.out_scale, q.out_zero_point
-        self.deployed_out_scale, self.deployed_out_zero_point = q.deployed_out_scale, q.deployed_out_zero_point
         self._dequantized = None
 
     def extra_repr(self) -> str:
         s = self.weight_spec
         return f"weights={s.scheme}{'' if s.is_float else s.bits}/{s.granularity}, acts={self.act_mode}"
+
+
+def _call_with(layer: nn.Module, tensors: dict[str, torch.Tensor | None], *args: Any, **kwargs: Any) -> Any:
+    """``layer(*args)`` with some parameters replaced by tensors. ``functional_call`` does this, but refuses
+    to run under the tracer that the ONNX export uses."""
+    saved = {k: layer._parameters.pop(k) for k in tensors}
+    try:
+        for k, t in tensors.items():
+            setattr(layer, k, t)
+        return layer(*args, **kwargs)
+    finally:
+        for k, p in saved.items():
+            delattr(layer, k)
+            layer._parameters[k] = p

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from finequant.data.base import Splits
 from finequant.models.base import LoadedModel
-from finequant.quant.api import QuantizedModel, _batches, calibrate, place_deployed_outputs, prepare
+from finequant.quant.api import QuantizedModel, _batches, calibrate, prepare
 from finequant.quant.config import QATConfig, QuantConfig
 from finequant.quant.fold import fold_batchnorm
 from finequant.train import FinetuneConfig, FinetuneResult, finetune
@@ -52,7 +52,9 @@ def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: Quant
     calibrate(qm, batches)
     layers = list(qm.quant_layers().values())
     for layer in layers:
-        layer.qat, layer.observe_in_training = True, True
+        layer.qat = True
+    if qm.points is not None:
+        qm.points.observe_in_training = True
     student = replace(loaded, model=qm.model, new_keys=[], recipe=dict(loaded.recipe))
     teacher = loaded.model if distill else None
     late = max(1, round(ftcfg.epochs * freeze_frac))
@@ -61,8 +63,8 @@ def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: Quant
     result = None
     if ftcfg.epochs > late:
         result = finetune(student, splits, replace(base, epochs=ftcfg.epochs - late), teacher=teacher)
-    for layer in layers:
-        layer.observe_in_training = False
+    if qm.points is not None:
+        qm.points.observe_in_training = False
     result = finetune(student, splits, replace(base, epochs=late, train_bn=False, freeze_bn_stats=True),
                       teacher=teacher)
     for layer in layers:
@@ -72,5 +74,4 @@ def quantization_aware_training(loaded: LoadedModel, splits: Splits, qcfg: Quant
     for layer in layers:
         layer.refresh_weight_qparams()
     qm.model.eval()
-    place_deployed_outputs(qm, batches[0] if batches else None)
     return qm, result

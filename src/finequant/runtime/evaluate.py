@@ -15,6 +15,7 @@ import torch
 from finequant.data import LabeledData, make_loader
 from finequant.errors import FinequantError
 from finequant.models.base import forward
+from finequant.cpu import cpu_description
 from finequant.runtime.agreement import cosine
 from finequant.runtime.backends import Deployable, Runner, open_runner, to_numpy
 from finequant.runtime.bench import measure_side_by_side, peak_rss_mb
@@ -37,8 +38,8 @@ def check_runtime_matches_simulation(runner: Runner, dep: Deployable, x: Any) ->
             f"{runner.backend} computes different outputs than the simulated model (cosine {cos:.3f} < "
             f"{MIN_AGREEMENT_COSINE}); its accuracy would not be the one measured. Configuration: method="
             f"{getattr(cfg, 'method', None)}, act_bits={getattr(cfg, 'act_bits', None)}, act_symmetric="
-            f"{getattr(cfg, 'act_symmetric', None)}: the runtime's int8 kernels take 8-bit asymmetric uint8 "
-            "activations; quantize with those (the defaults) or evaluate on 'torch-sim'")
+            f"{getattr(cfg, 'act_symmetric', None)}, reduce_range={getattr(cfg, 'reduce_range', None)} on "
+            f"{cpu_description()}: quantize again on this CPU with the defaults, or evaluate on 'torch-sim'")
     return cos
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,12 +21,16 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
 @contextmanager
 def float_reference(model: nn.Module) -> Iterator[None]:
     """Run every QuantLayer in float (weights and inputs unquantized) inside the block."""
+    from finequant.quant.points import points_of
+
     layers = list(quant_layers(model).values())
     before = [m.enabled for m in layers]
     for m in layers:
         m.enabled = False
+    points = points_of(model)
     try:
-        yield
+        with points.mode_as("float") if points is not None else contextlib.nullcontext():
+            yield
     finally:
         for m, state in zip(layers, before):
             m.enabled = state

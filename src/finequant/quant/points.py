@@ -1,0 +1,564 @@
+"""Activation quantization points: where a statically quantized model rounds its activations, on tensors.
+
+ONNX Runtime runs an operator on integers only where every input arrives through a DequantizeLinear and its
+output leaves through a QuantizeLinear; wherever a float tensor sits between two int8 kernels it converts
+back and forth (and, for convolutions, transposes between NHWC and NCHW). So the points that decide both
+speed and accuracy are on *tensors*: the outputs of convolutions, residual Adds, squeeze-excitation Muls,
+pooling, Concats, attention's Q, K, softmax and V. Most of them are functional code inside a module's
+forward (``out += identity``, ``x * self.gate(s)``), which module hooks cannot reach, so a
+``TorchFunctionMode`` watches every torch op of the forward pass and applies the rules in :data:`RULES`.
+
+The same rules run in three modes, so that what ships is what was calibrated and measured:
+``calibrate`` observes the tensors that will be quantized, ``simulate`` fake-quantizes them, and
+``export`` emits QuantizeLinear/DequantizeLinear nodes at exactly those tensors while
+``torch.onnx.export`` traces the model. ``float`` runs the float reference (PTQ algorithms compare to it).
+
+A tensor's point is keyed by the op that produced it (module path, op name, its index in that module's
+call), so every consumer of one tensor shares one QuantizeLinear, as ONNX Runtime's fused kernels need.
+Tensor states: ``pending`` (an int8 kernel's output, quantized at its first consumer unless a Relu/Clip
+folds into it first), ``quantized`` (on its grid already: a view, MaxPool or pad of a quantized tensor)
+and ``float``. torch.ao's FX/pt2e quantizers do this on a captured graph; finequant stays eager because
+captures fail on many zoo models (data-dependent shapes in Swin, timm's dynamic padding) and the
+TorchScript ONNX exporter needs an eager model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode
+
+from finequant.errors import FinequantError
+from finequant.quant.affine import fake_quantize
+from finequant.quant.config import OP_KINDS
+from finequant.quant.observers import OBSERVERS, Observer
+from finequant.quant.spec import QuantSpec
+
+PENDING, QUANTIZED, FLOAT = "pending", "quantized", "float"
+MODES = ("calibrate", "simulate", "export", "float")
+_TAG, _CACHE = "_fq_tag", "_fq_quantized"
+
+
+class Point:
+    """One quantized tensor: an observer while calibrating, then its (scale, zero point)."""
+
+    def __init__(self, spec: QuantSpec, observer: Observer | None) -> None:
+        self.spec, self.observer = spec, observer
+        self.scale: torch.Tensor | None = None
+        self.zero_point: torch.Tensor | None = None
+
+    def finish(self) -> None:
+        if self.observer is not None and self.observer.observed:
+            self.scale, self.zero_point = self.observer.qparams()
+
+    def set(self, scale: float | torch.Tensor, zero_point: int | torch.Tensor) -> None:
+        self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(())
+        self.zero_point = torch.as_tensor(zero_point, dtype=torch.int32).reshape(())
+
+
+class _QDQ(torch.autograd.Function):
+    """Fake quantization that the ONNX exporter writes as QuantizeLinear -> DequantizeLinear."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+        # clamp(round(x/s) + z, qmin, qmax) - z, written without an add of a constant 0 (the TorchScript
+        # exporter's peephole pass removes such a node from the recorded block and then fails)
+        return torch.clamp(torch.round(x / scale), qmin - zero_point, qmax - zero_point) * scale
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: float, zero_point: int, qmin: int, qmax: int) -> Any:
+        s = g.op("Constant", value_t=torch.tensor(scale, dtype=torch.float32))
+        z = g.op("Constant", value_t=torch.tensor(zero_point, dtype=torch.uint8 if qmin >= 0 else torch.int8))
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, s, z), s, z)
+
+
+class DequantizeWeight(torch.autograd.Function):
+    """Integer codes times per-channel scales, written to ONNX as a DequantizeLinear of an int8/int32
+    initializer (the form ONNX Runtime fuses into QLinearConv, QGemm and MatMulIntegerToFloat)."""
+
+    @staticmethod
+    def forward(ctx: Any, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int
+                ) -> torch.Tensor:
+        shape = [1] * codes.dim()
+        shape[axis] = -1
+        return (codes.float() - zero_point.float().reshape(shape)) * scale.reshape(shape)
+
+    @staticmethod
+    def symbolic(g: Any, codes: Any, scale: Any, zero_point: Any, axis: int) -> Any:
+        return g.op("DequantizeLinear", codes, scale, zero_point, axis_i=axis)
+
+
+def tag_of(t: Any) -> tuple[str, str, bool] | None:
+    """(state, point key, produced by a convolution) of a tensor seen in a watched forward pass."""
+    return getattr(t, _TAG, None) if isinstance(t, torch.Tensor) else None
+
+
+def _set_tag(t: torch.Tensor, state: str, key: str, conv: bool = False) -> None:
+    setattr(t, _TAG, (state, key, conv))
+    if hasattr(t, _CACHE):  # an in-place op changed the tensor: its quantized copy is stale
+        delattr(t, _CACHE)
+
+
+def _int8(t: Any) -> bool:
+    tag = tag_of(t)
+    return tag is not None and tag[0] != FLOAT
+
+
+def _is_activation(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and not isinstance(t, nn.Parameter)
+
+
+class ActivationPoints:
+    """The activation quantization points of one model and the mode they run in (see the module doc).
+
+    Attached to the model as ``model.fq_points`` by :func:`attach`; a forward pass of the model then
+    applies them. ``spec`` and ``observer`` set how new points are quantized and calibrated; ``ops`` which
+    kinds of activation ops (:data:`OP_KINDS`) run int8."""
+
+    def __init__(self, spec: QuantSpec, observer: str = "minmax", seed: int = 0,
+                 ops: tuple[str, ...] = OP_KINDS) -> None:
+        self.spec, self.observer, self.seed, self.ops = spec, observer, seed, tuple(ops)
+        self.points: dict[str, Point] = {}
+        self.mode = "simulate"
+        self.observe_in_training = False  # QAT: ranges follow the data while the model trains
+        self._pass: _Pass | None = None
+
+    # --- points --------------------------------------------------------------------------------
+    def point(self, key: str, spec: QuantSpec | None = None) -> Point:
+        p = self.points.get(key)
+        if p is None:
+            if self.mode != "calibrate" and not self.observe_in_training and self.mode != "float":
+                raise FinequantError(f"activation point {key!r} was never calibrated: the forward pass took a "
+                                     "path calibration did not (another input kind?); quantize again with "
+                                     "calibration data like the inputs it runs on")
+            spec = spec or self.spec
+            p = self.points[key] = Point(spec, OBSERVERS.get(self.observer)(spec, self.seed))
+        return p
+
+    def finish_calibration(self) -> None:
+        for p in self.points.values():
+            p.finish()
+        missing = [k for k, p in self.points.items() if p.scale is None]
+        if missing:
+            raise FinequantError(f"activation point(s) {missing[:5]} saw no data during calibration")
+
+    def state(self) -> dict[str, tuple[float, int]]:
+        """``key -> (scale, zero point)`` of every calibrated point."""
+        return {k: (float(p.scale), int(p.zero_point)) for k, p in self.points.items() if p.scale is not None}
+
+    def load_state(self, state: dict[str, tuple[float, int]]) -> None:
+        self.points = {}
+        for key, (scale, zp) in state.items():
+            p = self.points[key] = Point(self.spec, None)
+            p.set(scale, zp)
+
+    @contextlib.contextmanager
+    def mode_as(self, mode: str) -> Iterator[None]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        before, self.mode = self.mode, mode
+        try:
+            yield
+        finally:
+            self.mode = before
+
+    # --- quantizing one tensor -------------------------------------------------------------------
+    def quantize(self, t: torch.Tensor, key: str | None = None, spec: QuantSpec | None = None) -> torch.Tensor:
+        """``t`` as its int8 consumer sees it: fake-quantized (simulate), observed (calibrate), wrapped in
+        QuantizeLinear/DequantizeLinear (export) or unchanged (float). One result per tensor, shared by
+        all its consumers."""
+        if self.mode == "float" or not t.is_floating_point():
+            return t
+        cached = getattr(t, _CACHE, None)
+        if cached is not None:
+            return cached
+        tag = tag_of(t)
+        if tag is not None:
+            key = tag[1]
+        elif key is None:
+            raise FinequantError("an untracked tensor reached an int8 consumer outside a watched forward pass")
+        if spec is not None and spec != self.spec:
+            key = f"{key}|a{spec.bits}{'s' if spec.signed else ''}"
+        p = self.point(key, spec)
+        if self.mode == "calibrate" or (self.observe_in_training and torch.is_grad_enabled()):
+            p.observer.observe(t.detach())
+            if self.mode != "calibrate":
+                p.finish()
+        if self.mode == "calibrate":
+            out = t.view_as(t)
+        elif tag is not None and tag[0] == QUANTIZED and self.mode == "simulate":
+            out = t  # on this point's grid already (a view, MaxPool or pad of a quantized tensor)
+        elif self.mode == "export":
+            s, z = float(p.scale), int(p.zero_point)
+            out = _QDQ.apply(t, s, z, p.spec.qmin, p.spec.qmax)
+        else:
+            out = fake_quantize(t, p.scale, p.zero_point, p.spec)
+        _set_tag(out, QUANTIZED, key)
+        setattr(t, _CACHE, out)
+        return out
+
+    def qparams_of(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        p = self.points.get(key)
+        return None if p is None or p.scale is None else (p.scale, p.zero_point)
+
+    @property
+    def active(self) -> _Pass | None:
+        """The forward pass being watched, if any."""
+        return self._pass
+
+
+_ACTIVE: list[_Pass] = []
+
+
+def current() -> _Pass | None:
+    """The watched forward pass running now (innermost), if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+class _Pass(TorchFunctionMode):
+    """One watched forward pass of the model: module scopes, op counters and the rule dispatch."""
+
+    def __init__(self, points: ActivationPoints, root: nn.Module) -> None:
+        super().__init__()
+        self.points = points
+        self.names = {m: n for n, m in root.named_modules()}
+        self.scopes: list[list[Any]] = [["", {}, None, None]]  # [scope name, op counters, module, hook handle]
+        self.calls: dict[str, int] = {}
+        self.opaque = 0  # inside a QuantLayer: it quantizes its own input; its internals are not activations
+        self.routes = _weight_routes(root)
+        self.handles = [register_module_forward_pre_hook(self._enter),
+                        register_module_forward_hook(self._exit, always_call=True)]
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    # --- module scopes -----------------------------------------------------------------------
+    # A module's scope opens in the global pre-hook and closes in a forward hook appended to the module for
+    # this call, which runs after the module's own hooks. Between the module's forward and that hook, its own
+    # forward hooks run (PTQ captures, user instrumentation): their ops are not part of the model, so they
+    # run unwatched and cannot shift the op counts that key the points.
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        from finequant.quant.modules import QuantLayer
+
+        name = self.names.get(module)
+        if name is None:
+            name = self.scopes[-1][0]
+        k = self.calls[name] = self.calls.get(name, -1) + 1
+        handle = module.register_forward_hook(self._leave, always_call=True)
+        self.scopes.append([name if k == 0 else f"{name}#{k}", {}, module, handle])
+        if isinstance(module, QuantLayer):
+            self.opaque += 1
+
+    def _exit(self, module: nn.Module, args: Any, out: Any) -> None:
+        from finequant.quant.modules import QuantLayer
+
+        if len(self.scopes) < 2 or self.scopes[-1][2] is not module:
+            return
+        if isinstance(module, QuantLayer):
+            self.opaque -= 1
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and not self.opaque:
+                conv = isinstance(module.layer, nn.modules.conv._ConvNd)
+                int8_out = conv and module.act_mode == "static" and module.enabled
+                _set_tag(out, PENDING if int8_out else FLOAT, f"{self.scopes[-1][0]}:out", conv)
+        self.opaque += 1  # the module's own forward hooks follow
+
+    def _leave(self, module: nn.Module, args: Any, out: Any) -> None:
+        if len(self.scopes) < 2 or self.scopes[-1][2] is not module:
+            return
+        self.opaque -= 1
+        self.scopes.pop()[3].remove()
+
+    def site(self, op: str) -> str:
+        scope, counters = self.scopes[-1][0], self.scopes[-1][1]
+        k = counters[op] = counters.get(op, -1) + 1
+        return f"{scope}/{op}{k}"
+
+    # --- dispatch ----------------------------------------------------------------------------
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = _op_name(func)
+        if self.opaque or name in _SILENT or not _any_float(args, kwargs):
+            return func(*args, **kwargs)
+        kind, rule = RULES.get(name, (None, float_op))
+        if kind is not None and kind not in self.points.ops:
+            rule = float_op
+        return rule(self, self.site(name), func, args, kwargs)
+
+    def q(self, t: torch.Tensor, site: str) -> torch.Tensor:
+        return self.points.quantize(t, site)
+
+    def materialize(self, value: Any, site: str) -> Any:
+        """``value`` with every pending tensor quantized (its producer then runs as an int8 kernel)."""
+        if isinstance(value, torch.Tensor):
+            tag = tag_of(value)
+            return self.q(value, site) if tag is not None and tag[0] == PENDING else value
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.materialize(v, site) for v in value)
+        return value
+
+    def tag(self, out: Any, state: str, key: str, conv: bool = False) -> Any:
+        if isinstance(out, torch.Tensor):
+            if out.is_floating_point():
+                _set_tag(out, state, key, conv)
+        elif isinstance(out, (list, tuple)):
+            for i, v in enumerate(out):
+                self.tag(v, state, key if state == QUANTIZED else f"{key}.{i}", conv)
+        return out
+
+
+def _op_name(func: Callable) -> str:
+    name = getattr(func, "__name__", "")
+    if name.startswith("__") and name.endswith("__") and name not in _SILENT:
+        name = name[2:-2]
+        if name[:1] in ("i", "r") and name[1:] in ("add", "mul", "sub", "matmul", "truediv"):
+            name = name[1:]
+    return name.rstrip("_") or name
+
+
+def _any_float(args: tuple, kwargs: dict) -> bool:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return True
+        if isinstance(v, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.is_floating_point() for t in v):
+            return True
+    return False
+
+
+def _weight_routes(root: nn.Module) -> dict[int, nn.Module]:
+    """QuantLayers by the id of their float weight: a parent that computes ``F.linear(x, child.weight)``
+    itself (torchvision's Swin attention) is routed through the quantized child."""
+    from finequant.quant.modules import QuantLayer
+
+    routes = {}
+    for m in root.modules():
+        if isinstance(m, QuantLayer):
+            routes[id(m.layer.weight)] = routes[id(m.weight)] = m  # the float weight and the one it exposes
+    return routes
+
+
+# Introspection and other calls that compute no activation (never counted, never quantize).
+_SILENT = frozenset({
+    "__get__", "__set__", "size", "dim", "numel", "stride", "is_floating_point", "is_contiguous", "element_size",
+    "__len__", "__bool__", "item", "tolist", "__format__", "__repr__", "__hash__", "__index__", "__int__",
+    "__float__", "data_ptr", "storage_offset", "nelement", "ndimension", "get_device", "is_complex", "type",
+    "__reduce_ex__", "__deepcopy__", "__setstate__", "has_names", "requires_grad_", "detach", "clone", "to",
+    "cpu", "float", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "isfinite", "isnan", "all", "any",
+    "numpy", "untyped_storage", "_is_view", "is_nonzero", "equal", "allclose"})
+
+
+# --- rules: one function per kind of op; adding an op is one entry in RULES ----------------------------
+Rule = Callable[[_Pass, str, Callable, tuple, dict], Any]
+
+
+def float_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """An op that runs in float: its pending inputs are quantized first (so their producers run int8)."""
+    out = func(*p.materialize(args, site), **{k: p.materialize(v, site) for k, v in kwargs.items()})
+    return p.tag(out, FLOAT, site)
+
+
+def view_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Data movement (reshape, permute, slicing, MaxPool, pad, dropout at eval): an int8 tensor stays on
+    its grid, so ONNX Runtime runs the op on uint8 (it drops the DequantizeLinear/QuantizeLinear around it)."""
+    x = args[0]
+    tag = tag_of(x)
+    if tag is None or tag[0] == FLOAT:
+        return float_op(p, site, func, args, kwargs)
+    x = p.q(x, site)
+    out = func(x, *args[1:], **kwargs)
+    return p.tag(out, QUANTIZED, tag_of(x)[1])
+
+
+def activation_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Relu/ReLU6/Clip after an int8 kernel: the quantization moves after it (its own, clipped range), and
+    ONNX Runtime folds the activation into the kernel's output QuantizeLinear."""
+    tag = tag_of(args[0])
+    if tag is None or tag[0] != PENDING:
+        return float_op(p, site, func, args, kwargs)
+    return p.tag(func(*args, **kwargs), PENDING, site)
+
+
+def batch_norm_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """A BatchNorm right after a convolution (QAT trains it unfolded) belongs to that convolution: the
+    point after it is the convolution's output point, as it will be once the BatchNorm is folded."""
+    tag = tag_of(args[0])
+    if tag is None or tag[0] != PENDING or not tag[2]:
+        return float_op(p, site, func, args, kwargs)
+    return p.tag(func(*args, **kwargs), PENDING, tag[1], conv=True)
+
+
+_INPLACE = {"add_": torch.add, "__iadd__": torch.add, "mul_": torch.mul, "__imul__": torch.mul}
+
+
+def binary_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Add/Mul of two activations, at least one from an int8 kernel (residual Adds, squeeze-excitation
+    gates): QLinearAdd/QLinearMul on both quantized inputs, output quantized at its consumer."""
+    if len(args) < 2 or not (_is_activation(args[0]) and _is_activation(args[1])) \
+            or not (_int8(args[0]) or _int8(args[1])):
+        return float_op(p, site, func, args, kwargs)
+    func = _INPLACE.get(getattr(func, "__name__", ""), func)  # in place -> out of place
+    out = func(p.q(args[0], site), p.q(args[1], site), *args[2:], **kwargs)
+    return p.tag(out, PENDING, site)
+
+
+def unary_int8_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Sigmoid and global/average pooling of an int8 tensor: QLinearSigmoid (a lookup table) and
+    QLinearGlobalAveragePool/QLinearAveragePool; the output stays int8."""
+    if not _int8(args[0]) or not _is_global_or_plain_pool(func, args, kwargs):
+        return float_op(p, site, func, args, kwargs)
+    return p.tag(func(p.q(args[0], site), *args[1:], **kwargs), PENDING, site)
+
+
+def _is_global_or_plain_pool(func: Callable, args: tuple, kwargs: dict) -> bool:
+    if getattr(func, "__name__", "") not in ("adaptive_avg_pool2d", "adaptive_avg_pool1d"):
+        return True
+    size = args[1] if len(args) > 1 else kwargs.get("output_size")
+    return size in (1, (1, 1), [1, 1], (1,), [1])
+
+
+def _gated(gate: Callable[[torch.Tensor], torch.Tensor], gate_name: str, gate_int8: bool, doc: str) -> Rule:
+    """The rule for ``x * gate(x)`` of an int8 tensor: x quantized once, the gate quantized as the Mul's
+    second input, the product QLinearMul."""
+
+    def rule(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+        if not _int8(args[0]):
+            return float_op(p, site, func, args, kwargs)
+        x = p.q(args[0], site)
+        g = p.tag(gate(x), PENDING if gate_int8 else FLOAT, f"{site}.{gate_name}")
+        return p.tag(x * p.q(g, site), PENDING, site)
+
+    rule.__doc__ = doc
+    return rule
+
+
+silu_op = _gated(torch.sigmoid, "sigmoid", True, "SiLU as ONNX Runtime's quantizer runs it: QLinearSigmoid (a "
+                 "lookup table), then QLinearMul of x and the quantized gate.")
+hardswish_op = _gated(F.hardsigmoid, "hardsigmoid", False, "Hardswish: the hard-sigmoid gate in float (ONNX "
+                      "Runtime has no integer Hardswish; its own quantizer splits it the same way), the product "
+                      "QLinearMul.")
+
+
+def cat_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Concat of int8 tensors (DenseNet, SqueezeNet's fire modules): QLinearConcat."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    if not isinstance(tensors, (list, tuple)) or not any(_int8(t) for t in tensors) \
+            or not all(_is_activation(t) for t in tensors):
+        return float_op(p, site, func, args, kwargs)
+    rest = dict(kwargs)
+    rest.pop("tensors", None)
+    return p.tag(func([p.q(t, site) for t in tensors], *args[1:], **rest), PENDING, site)
+
+
+def matmul_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """A product of two activations (attention's Q·Kᵀ and P·V): both inputs int8, float output, which ONNX
+    Runtime runs as MatMulIntegerToFloat (0.74x the fp32 time at DeiT-tiny's shapes, AVX2; see
+    docs/coverage.md). A product with a parameter is a layer finequant does not wrap: float."""
+    if len(args) < 2 or not (_is_activation(args[0]) and _is_activation(args[1])) \
+            or args[0].dim() < 2 or args[1].dim() < 2:
+        return float_op(p, site, func, args, kwargs)
+    return p.tag(func(p.q(args[0], site), p.q(args[1], site)), FLOAT, site)
+
+
+def linear_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``F.linear(x, layer.weight, ...)`` called by a parent with a wrapped layer's weight: run the
+    quantized layer (its bias is the layer's own)."""
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    layer = p.routes.get(id(weight))
+    if layer is None or bias is not layer.bias:  # (Swin V2 passes an edited copy of the bias: float)
+        return float_op(p, site, func, args, kwargs)
+    return layer(args[0] if args else kwargs["input"])
+
+
+def attention_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``F.scaled_dot_product_attention`` spelled out, so that Q·Kᵀ and P·V are int8 products
+    (:func:`matmul_op`); softmax stays float."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+    a = dict(zip(names, args), **kwargs)
+    q, k, v = a["query"], a["key"], a["value"]
+    if a.get("enable_gqa") or q.shape[-3:-2] != k.shape[-3:-2]:
+        return float_op(p, site, func, args, kwargs)
+    scale = a.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+    scores = p.tag(torch.matmul(p.q(q, site), p.q(k, site).transpose(-2, -1)), FLOAT, f"{site}.scores") * scale
+    mask = a.get("attn_mask")
+    if a.get("is_causal"):
+        n, m = q.shape[-2], k.shape[-2]
+        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    if a.get("dropout_p"):
+        probs = F.dropout(probs, a["dropout_p"], training=True)
+    p.tag(probs, FLOAT, f"{site}.probs")
+    return p.tag(torch.matmul(p.q(probs, site), p.q(v, site)), FLOAT, site)
+
+
+RULES: dict[str, tuple[str | None, Rule]] = {
+    **dict.fromkeys(("reshape", "view", "flatten", "permute", "transpose", "t", "squeeze", "unsqueeze",
+                     "contiguous", "getitem", "chunk", "split", "unbind", "iter", "expand", "narrow", "select",
+                     "movedim", "roll", "max_pool1d", "max_pool2d", "max_pool2d_with_indices", "pad", "dropout",
+                     "flip"), (None, view_op)),
+    **dict.fromkeys(("relu", "relu6", "hardtanh", "clamp", "clip"), (None, activation_op)),
+    "batch_norm": (None, batch_norm_op), "linear": (None, linear_op),
+    "add": ("add", binary_op), "mul": ("mul", binary_op), "sigmoid": ("sigmoid", unary_int8_op),
+    **dict.fromkeys(("adaptive_avg_pool2d", "adaptive_avg_pool1d", "avg_pool2d", "avg_pool1d"), ("pool", unary_int8_op)),
+    "silu": ("silu", silu_op), "hardswish": ("hardswish", hardswish_op),
+    **dict.fromkeys(("cat", "concat", "concatenate"), ("concat", cat_op)),
+    **dict.fromkeys(("matmul", "bmm"), ("matmul", matmul_op)), "scaled_dot_product_attention": ("matmul", attention_op),
+}
+"""op name -> (the kind of int8 op it becomes, which :attr:`ActivationPoints.ops` switches; None: always on,
+the rule). Ops not listed run in float (:func:`float_op`)."""
+# --- attaching to a model ----------------------------------------------------------------------------
+def attach(model: nn.Module, points: ActivationPoints) -> ActivationPoints:
+    """Make every forward pass of ``model`` apply ``points`` (hooks on the root module)."""
+    model.fq_points = points
+    model.register_forward_pre_hook(_start, with_kwargs=True)
+    model.register_forward_hook(_stop, always_call=True)
+    return points
+
+
+def detach(model: nn.Module) -> None:
+    """Remove the activation points from ``model`` (a float copy of a quantized model)."""
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for k in [k for k, h in hooks.items() if h in (_start, _stop)]:
+            del hooks[k]
+    model.__dict__.pop("fq_points", None)
+
+
+def points_of(model: nn.Module) -> ActivationPoints | None:
+    return getattr(model, "fq_points", None)
+
+
+def _start(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    points = model.fq_points
+    if points._pass is not None:  # re-entered (a module calling the root again): already watched
+        return
+    points._pass = _Pass(points, model)
+    points._pass.__enter__()
+    _ACTIVE.append(points._pass)
+    for i, t in enumerate(args):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            _set_tag(t, FLOAT, "input" if i == 0 else f"input{i}")
+    for k, t in kwargs.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            _set_tag(t, FLOAT, f"input.{k}")
+
+
+def _stop(model: nn.Module, args: tuple, out: Any) -> None:
+    """End the watched pass. A pending output stays float: the file ends in the same float op (replacing the
+    output in a hook would also break the ONNX tracer)."""
+    points = model.fq_points
+    p = points._pass
+    if p is None or len(p.scopes) != 1:
+        return
+    p.__exit__(None, None, None)
+    p.close()
+    _ACTIVE.remove(p)
+    points._pass = None
