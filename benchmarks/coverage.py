@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -157,7 +159,8 @@ def measure(spec: str, work: Path) -> dict:
 def _ops(ops: dict[str, int]) -> str:
     short = {"QLinearConv": "Conv", "MatMulIntegerToFloat": "MatMul", "QLinearMatMul": "QMatMul", "QGemm": "Gemm",
              "QLinearAdd": "Add", "QLinearMul": "Mul", "QLinearGlobalAveragePool": "GAP", "MatMulInteger": "MatMulI",
-             "DynamicQuantizeMatMul": "DQMatMul"}
+             "DynamicQuantizeMatMul": "DQMatMul", "QLinearSigmoid": "Sigmoid", "QLinearConcat": "Concat",
+             "QLinearAveragePool": "AvgPool", "NhwcMaxPool": "MaxPool"}
     return " ".join(f"{short.get(k, k)}{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
 
 
@@ -197,23 +200,41 @@ def write_doc(rows: list[dict], cpu: str, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def measure_isolated(spec: str) -> dict:
+    """``measure(spec)`` in a child process: a model that exhausts memory or crashes the runtime takes only
+    its own row with it (and leaves no memory behind for the next model)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        proc = subprocess.run([sys.executable, __file__, "--measure", spec, "--json", str(out)])
+        if proc.returncode or not out.is_file():
+            return {"model": spec, "error": f"the measuring process ended with code {proc.returncode}"}
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)  # one model, in this process (see measure_isolated)
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "coverage.json")
     ap.add_argument("--doc", type=Path, default=Path(__file__).parents[1] / "docs" / "coverage.md")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
-    old = {r["model"]: r for r in json.loads(args.json.read_text())["rows"]} if args.json.is_file() else {}
+    if args.measure:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                row = measure(args.measure, Path(tmp))
+            except Exception as e:  # one architecture failing must not hide the others' figures
+                traceback.print_exc()
+                row = {"model": args.measure, "error": f"{type(e).__name__}: {e}"}
+        args.json.write_text(json.dumps(row, default=str))
+        return
+    old = {}  # with --only, the other models' rows of the last full run are kept
+    if args.only and args.json.is_file():
+        old = {r["model"]: r for r in json.loads(args.json.read_text())["rows"] if "ms_b1" in r or "error" in r}
     for spec in MODELS:
         if args.only and not any(o in spec for o in args.only):
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                old[spec] = measure(spec, Path(tmp))
-            except Exception as e:  # one architecture failing must not hide the others' figures
-                traceback.print_exc()
-                old[spec] = {"model": spec, "error": f"{type(e).__name__}: {e}"}
+        old[spec] = measure_isolated(spec)
         print(json.dumps({k: v for k, v in old[spec].items() if k != "float_layers"}, default=str)[:600], flush=True)
         rows = [old[m] for m in MODELS if m in old]
         args.json.parent.mkdir(parents=True, exist_ok=True)

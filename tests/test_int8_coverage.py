@@ -214,3 +214,58 @@ def test_the_files_quantization_points_are_the_simulations(tmp_path):
     in_file = {(float(consts[n.input[1]]), int(consts[n.input[2]])) for n in proto.graph.node
                if n.op_type == "QuantizeLinear"}
     assert in_file == set(qm.points.state().values())
+
+
+def _torchvision_tiny(name: str):
+    import torchvision.models as tv
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return {"squeezenet": lambda: tv.squeezenet1_1(num_classes=10),
+            "mobilenet_v3": lambda: tv.mobilenet_v3_small(num_classes=10),
+            "densenet": lambda: tv.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=10),
+            "vit": lambda: tv.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                                mlp_dim=64, num_classes=10),
+            "swin": lambda: SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                            window_size=[4, 4], num_classes=10)}[name]()
+
+
+@pytest.mark.parametrize("family,size", [("squeezenet", 64), ("mobilenet_v3", 64), ("densenet", 32), ("vit", 32),
+                                         ("swin", 32), ("timm:test_efficientnet", 32), ("timm:test_byobnet", 32)])
+def test_tiny_configs_of_each_family_run_every_layer_int8_as_simulated(family, size, tmp_path):
+    """The fast subset of benchmarks/coverage.py: tiny configs of each architecture family, every Conv/Linear
+    int8 on ONNX Runtime's integer kernels, and the simulation contract at batch 16."""
+    from finequant.models.base import LoadedModel
+    from finequant.runtime.backends import Deployable
+    from finequant.runtime.exporters import int8_report
+
+    torch.manual_seed(0)
+    if family.startswith("timm:"):
+        net = load_model(family, pretrained=False, num_classes=10).model
+    else:
+        net = _torchvision_tiny(family)
+    calib = [torch.randn(4, 3, size, size) for _ in range(4)]
+    for m in net.modules():  # torchvision's ViT starts from a zero head (all logits 0)
+        if isinstance(m, nn.Linear) and not m.weight.any():
+            nn.init.normal_(m.weight, std=0.02)
+    with torch.no_grad():  # BatchNorm statistics from data, as a trained model has them
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        net.train()
+        for x in calib:
+            net(x)
+    net.eval()
+    qm = quantize(net, QuantConfig(), calib)
+    x = torch.randn(16, 3, size, size)
+    _, done = export_qdq(qm, x[:1], tmp_path / "m.onnx")
+    float_layers = {n for n, r in qm.layers.items() if r["status"] == "float" and r["type"] in ("Conv2d", "Linear")}
+    assert set(done.values()) == {"int8 QDQ"} and not float_layers, (done, float_layers)
+    ops = optimized_ops(tmp_path / "m.onnx", tmp_path)
+    assert not {"Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm"} & set(ops), ops
+    loaded = LoadedModel(net, family, "image", "", {"spec": family})
+    dep = Deployable(loaded, qm)
+    dep.example = lambda batch=1: torch.randn(batch, 3, size, size)
+    assert int8_report(dep, done, 1)["int8_compute_share"] == 1.0
+    a = simulation_agreement(qm.model, x, run(session(tmp_path / "m.onnx"), x.numpy()))
+    assert simulation_explains(a) and a["cosine"] > 0.999, a

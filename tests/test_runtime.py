@@ -53,6 +53,25 @@ def test_qdq_export_runs_on_integer_kernels_and_matches_simulation(trained, tmp_
     assert clear.mean() > 0.9 and (got.argmax(1) == sim.argmax(1))[clear].mean() >= 0.99
 
 
+def test_torch_inductor_runs_the_int8_model_on_onednn_kernels_as_simulated(trained):
+    """The PyTorch-native int8 path: finequant's qparams (not re-calibrated) in the pt2e form, lowered by
+    Inductor to oneDNN int8 convolutions, computing what the simulation computes."""
+    from torch._dynamo.utils import counters
+
+    from finequant.runtime.agreement import simulation_agreement, simulation_explains
+    from finequant.runtime.backends import open_runner
+
+    loaded, qm, x = trained
+    counters.clear()
+    with open_runner(qm, "torch-inductor", loaded=loaded) as runner:
+        got = runner.predict(x[:32].numpy())
+        assert set(runner.info["compile"]) == {"export_s_b32", "compile_s_b32"}
+    assert counters["inductor"]["qconv_weight_prepack_matcher_count"] == 3  # every Conv on an int8 kernel
+    assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == 1
+    a = simulation_agreement(qm.model, x[:32], got)
+    assert simulation_explains(a) and a["cosine"] > 0.999, a
+
+
 def test_float_export_matches_pytorch_with_dynamic_batch(trained, tmp_path):
     loaded, _, x = trained
     export_float(loaded.model, x[:1], tmp_path / "f.onnx")

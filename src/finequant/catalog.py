@@ -48,7 +48,8 @@ class PTQInfo:
 class BackendInfo:
     quantized: str
     """Which quantized models it runs: ``all`` (simulation), ``exporter`` (methods with an integer ONNX
-    form), ``torch_kernels`` (methods PyTorch runs on real low-precision kernels)."""
+    form), ``torch_kernels`` (methods PyTorch runs on real low-precision kernels), ``calibrated`` (static
+    activation ranges)."""
 
     def runs(self, method: MethodInfo) -> bool:
         return self.quantized == "all" or bool(getattr(method, self.quantized))
@@ -124,6 +125,9 @@ BACKENDS.register_lazy("torch", _B + "torch_eager",
                        BackendInfo("torch_kernels"))
 BACKENDS.register_lazy("onnxruntime", _B + "onnxruntime", "ONNX Runtime CPU: QDQ int8 (QLinearConv...), integer "
                        "MatMuls, or fp32", BackendInfo("exporter"))
+BACKENDS.register_lazy("torch-inductor", _B + "torch_inductor", "PyTorch-native int8: torch.export + "
+                       "torch.compile, Inductor's oneDNN int8 kernels, finequant's own qparams (pt2e form)",
+                       BackendInfo("calibrated"))
 BACKENDS.register_lazy("openvino", _B + "openvino",
                        "OpenVINO CPU plugin reading the same ONNX (pip install 'finequant[openvino]')",
                        BackendInfo("exporter"))

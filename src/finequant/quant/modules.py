@@ -21,7 +21,6 @@ from finequant.quant.affine import dequantize, fake_quantize, minmax_of, qparams
 from finequant.quant.nonlinear import kmeans_assign, kmeans_codebook, kmeans_dequantize, pow2_dequantize, \
     pow2_quantize
 from finequant.quant.observers import OBSERVERS
-from finequant.quant.points import DequantizeWeight
 from finequant.quant.spec import QuantSpec
 
 # One source of truth for what can be quantized: layers with a weight that a kernel multiplies.
@@ -185,8 +184,8 @@ class QuantLayer(nn.Module):
         watched = points.current()
         if watched is not None and watched.points.mode == "calibrate":
             return self.layer(x, *args, **kwargs)
-        if watched is not None and watched.points.mode == "export":
-            return self._export_forward(x, *args, **kwargs)
+        if watched is not None and watched.points.mode.startswith("export"):
+            return self._export_forward(watched.points.mode, x, *args, **kwargs)
         params = {"weight": self.quantized_weight()}
         if self.int8_kernel and self.act_scale is not None and self.bias is not None \
                 and (x.dim() == 2 or not isinstance(self.layer, nn.Linear)):
@@ -219,10 +218,11 @@ class QuantLayer(nn.Module):
         b_codes = torch.clamp(torch.round(b.detach().double() / b_scale.double()), -(2**31), 2**31 - 1)
         return codes, scale, zeros, (b_codes.to(torch.int32), b_scale, torch.zeros_like(b_codes, dtype=torch.int32))
 
-    def _export_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The layer as the QDQ ONNX file holds it: int8 codes + DequantizeLinear (per output channel),
-        the bias as int32 codes + DequantizeLinear for Conv/Gemm; a Linear on 3-D inputs as MatMul with
-        the transposed codes (ONNX Runtime: MatMulIntegerToFloat) and a float bias Add."""
+    def _export_forward(self, mode: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The layer as the QDQ ONNX file holds it (``mode`` export): int8 codes + DequantizeLinear (per output
+        channel), the bias as int32 codes + DequantizeLinear for Conv/Gemm; a Linear on 3-D inputs as MatMul
+        with the transposed codes (ONNX Runtime: MatMulIntegerToFloat) and a float bias Add. ``export-torch``:
+        the same codes through ``dequantize_per_channel`` into the layer's own op, as pt2e's convert writes it."""
         if not self.int8_kernel:
             self.exported_as = (f"float in ONNX: {self.weight_spec.scheme}{self.weight_spec.bits}/{self.act_mode}"
                                 f"{'/per-group' if self.weight_spec.granularity == 'per-group' else ''} "
@@ -231,15 +231,19 @@ class QuantLayer(nn.Module):
         codes, scale, zeros, bias_int = self._export_cache or self.export_constants()
         b = self.layer.bias
         self.exported_as = "int8 QDQ"
+        bias = None if bias_int is None else points.dequantize_weight(*bias_int, 0, mode)
+        if mode == "export-torch":
+            w = points.dequantize_weight(codes, scale, zeros, 0, mode)
+            if isinstance(self.layer, nn.Linear) and x.dim() != 2 and b is not None:
+                bias = b.detach()  # float, as simulated (no int32 bias for a MatMul)
+            return _call_with(self.layer, {"weight": w, "bias": bias}, x, *args, **kwargs)
         if isinstance(self.layer, nn.Linear) and x.dim() != 2:
-            w_t = DequantizeWeight.apply(codes.t().contiguous(), scale, zeros, 1)
-            y = torch.matmul(x, w_t)
+            y = torch.matmul(x, points.dequantize_weight(codes.t().contiguous(), scale, zeros, 1, mode))
             return y if b is None else y + b.detach().clone()
-        bias = None if bias_int is None else DequantizeWeight.apply(*bias_int, 0)
         if isinstance(self.layer, nn.Linear):
-            w_t = DequantizeWeight.apply(codes.t().contiguous(), scale, zeros, 1)
+            w_t = points.dequantize_weight(codes.t().contiguous(), scale, zeros, 1, mode)
             return torch.matmul(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
-        w = DequantizeWeight.apply(codes, scale, zeros, 0)
+        w = points.dequantize_weight(codes, scale, zeros, 0, mode)
         return _call_with(self.layer, {"weight": w, "bias": bias}, x, *args, **kwargs)
 
     # --- qparams in and out ----------------------------------------------------------------------

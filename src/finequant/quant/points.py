@@ -8,10 +8,12 @@ pooling, Concats, attention's Q, K, softmax and V. Most of them are functional c
 forward (``out += identity``, ``x * self.gate(s)``), which module hooks cannot reach, so a
 ``TorchFunctionMode`` watches every torch op of the forward pass and applies the rules in :data:`RULES`.
 
-The same rules run in three modes, so that what ships is what was calibrated and measured:
-``calibrate`` observes the tensors that will be quantized, ``simulate`` fake-quantizes them, and
-``export`` emits QuantizeLinear/DequantizeLinear nodes at exactly those tensors while
-``torch.onnx.export`` traces the model. ``float`` runs the float reference (PTQ algorithms compare to it).
+The same rules run in every mode, so that what ships is what was calibrated and measured: ``calibrate``
+observes the tensors that will be quantized, ``simulate`` fake-quantizes them, ``export`` emits
+QuantizeLinear/DequantizeLinear nodes at exactly those tensors while ``torch.onnx.export`` traces the model,
+and ``export-torch`` emits PyTorch's ``quantized_decomposed`` quantize/dequantize ops (the pt2e reference
+form, which Inductor lowers to int8 kernels) while ``torch.export`` traces it. ``float`` runs the float
+reference (PTQ algorithms compare to it).
 
 A tensor's point is keyed by the op that produced it (module path, op name, its index in that module's
 call), so every consumer of one tensor shares one QuantizeLinear, as ONNX Runtime's fused kernels need.
@@ -25,6 +27,7 @@ TorchScript ONNX exporter needs an eager model.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,8 +45,8 @@ from finequant.quant.observers import OBSERVERS, Observer
 from finequant.quant.spec import QuantSpec
 
 PENDING, QUANTIZED, FLOAT = "pending", "quantized", "float"
-MODES = ("calibrate", "simulate", "export", "float")
-_TAG, _CACHE = "_fq_tag", "_fq_quantized"
+MODES = ("calibrate", "simulate", "export", "export-torch", "float")
+_TAG, _CACHE, _SEEN = "_fq_tag", "_fq_quantized", "_fq_observed"
 
 
 class Point:
@@ -95,13 +98,45 @@ class DequantizeWeight(torch.autograd.Function):
         return g.op("DequantizeLinear", codes, scale, zero_point, axis_i=axis)
 
 
+def _export_qdq(t: torch.Tensor, scale: float, zero_point: int, spec: QuantSpec, mode: str) -> torch.Tensor:
+    if mode == "export":
+        return _QDQ.apply(t, scale, zero_point, spec.qmin, spec.qmax)
+    qd, dtype = torch.ops.quantized_decomposed, torch.uint8 if spec.qmin >= 0 else torch.int8
+    q = qd.quantize_per_tensor.default(t, scale, zero_point, spec.qmin, spec.qmax, dtype)
+    return qd.dequantize_per_tensor.default(q, scale, zero_point, spec.qmin, spec.qmax, dtype)
+
+
+def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int,
+                      mode: str) -> torch.Tensor:
+    """Per-channel integer codes (int8 weights, int32 biases) times scales, as the export ``mode`` writes them:
+    a DequantizeLinear in ONNX; for ``export-torch`` a ``dequantize_per_channel`` of the int8 weight and a
+    float bias (the pt2e form Inductor pattern-matches)."""
+    if mode == "export":
+        return DequantizeWeight.apply(codes, scale, zero_point, axis)
+    if codes.dtype == torch.int32:
+        return DequantizeWeight.forward(None, codes, scale, zero_point, axis)
+    return torch.ops.quantized_decomposed.dequantize_per_channel.default(
+        codes, scale, zero_point.to(torch.int64), axis, -128, 127, torch.int8)
+
+
+def _token() -> int | None:
+    return _ACTIVE[-1].token if _ACTIVE else None
+
+
+def _get(t: torch.Tensor, attr: str) -> Any:
+    """A per-pass attribute of ``t``: tags, quantized copies and marks live on the tensors of one forward pass;
+    on a tensor that outlives it (an input reused, a buffer) they are stale from the next pass on."""
+    entry = getattr(t, attr, None)
+    return entry[1] if entry is not None and entry[0] == _token() else None
+
+
 def tag_of(t: Any) -> tuple[str, str, bool] | None:
-    """(state, point key, produced by a convolution) of a tensor seen in a watched forward pass."""
-    return getattr(t, _TAG, None) if isinstance(t, torch.Tensor) else None
+    """(state, point key, produced by a convolution) of a tensor seen in the watched forward pass."""
+    return _get(t, _TAG) if isinstance(t, torch.Tensor) else None
 
 
 def _set_tag(t: torch.Tensor, state: str, key: str, conv: bool = False) -> None:
-    setattr(t, _TAG, (state, key, conv))
+    setattr(t, _TAG, (_token(), (state, key, conv)))
     if hasattr(t, _CACHE):  # an in-place op changed the tensor: its quantized copy is stale
         delattr(t, _CACHE)
 
@@ -128,6 +163,7 @@ class ActivationPoints:
         self.points: dict[str, Point] = {}
         self.mode = "simulate"
         self.observe_in_training = False  # QAT: ranges follow the data while the model trains
+        self.last_scope = ""  # the module the last watched pass entered last
         self._pass: _Pass | None = None
 
     # --- points --------------------------------------------------------------------------------
@@ -156,7 +192,12 @@ class ActivationPoints:
     def load_state(self, state: dict[str, tuple[float, int]]) -> None:
         self.points = {}
         for key, (scale, zp) in state.items():
-            p = self.points[key] = Point(self.spec, None)
+            spec = self.spec
+            if "|a" in key:  # "<key>|a<bits><s|u>": a layer's own activation bits
+                own = key.rsplit("|a", 1)[1]
+                signed = own.endswith("s")
+                spec = QuantSpec(bits=int(own[:-1]), symmetric=signed, signed=signed, granularity="per-tensor")
+            p = self.points[key] = Point(spec, None)
             p.set(scale, zp)
 
     @contextlib.contextmanager
@@ -176,7 +217,7 @@ class ActivationPoints:
         all its consumers."""
         if self.mode == "float" or not t.is_floating_point():
             return t
-        cached = getattr(t, _CACHE, None)
+        cached = _get(t, _CACHE)
         if cached is not None:
             return cached
         tag = tag_of(t)
@@ -184,37 +225,39 @@ class ActivationPoints:
             key = tag[1]
         elif key is None:
             raise FinequantError("an untracked tensor reached an int8 consumer outside a watched forward pass")
-        if spec is not None and spec != self.spec:
-            key = f"{key}|a{spec.bits}{'s' if spec.signed else ''}"
+        if spec is not None and spec != self.spec:  # a layer with other activation bits: a point of its own
+            key = f"{key}|a{spec.bits}{'s' if spec.signed else 'u'}"
         p = self.point(key, spec)
-        if self.mode == "calibrate" or (self.observe_in_training and torch.is_grad_enabled()):
+        if p.observer is not None and (self.mode == "calibrate" or (self.observe_in_training
+                                                                    and torch.is_grad_enabled())):
+            if self.mode == "calibrate" and _get(t, _SEEN):
+                return t
             p.observer.observe(t.detach())
             if self.mode != "calibrate":
                 p.finish()
+        # t itself where nothing changes (never cached on t: that would be a reference cycle through torch's C++
+        # side, which Python's garbage collector cannot see, and every activation would leak)
         if self.mode == "calibrate":
-            out = t.view_as(t)
-        elif tag is not None and tag[0] == QUANTIZED and self.mode == "simulate":
-            out = t  # on this point's grid already (a view, MaxPool or pad of a quantized tensor)
-        elif self.mode == "export":
-            s, z = float(p.scale), int(p.zero_point)
-            out = _QDQ.apply(t, s, z, p.spec.qmin, p.spec.qmax)
+            setattr(t, _SEEN, (_token(), True))
+            return t
+        if tag is not None and tag[0] == QUANTIZED and self.mode == "simulate":
+            return t  # on this point's grid already (a view, MaxPool or pad of a quantized tensor)
+        if self.mode.startswith("export"):
+            out = _export_qdq(t, float(p.scale), int(p.zero_point), p.spec, self.mode)
         else:
             out = fake_quantize(t, p.scale, p.zero_point, p.spec)
         _set_tag(out, QUANTIZED, key)
-        setattr(t, _CACHE, out)
+        setattr(t, _CACHE, (_token(), out))
         return out
 
     def qparams_of(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         p = self.points.get(key)
         return None if p is None or p.scale is None else (p.scale, p.zero_point)
 
-    @property
-    def active(self) -> _Pass | None:
-        """The forward pass being watched, if any."""
-        return self._pass
 
 
 _ACTIVE: list[_Pass] = []
+_TOKENS = itertools.count()
 
 
 def current() -> _Pass | None:
@@ -227,11 +270,13 @@ class _Pass(TorchFunctionMode):
 
     def __init__(self, points: ActivationPoints, root: nn.Module) -> None:
         super().__init__()
+        self.token = next(_TOKENS)
         self.points = points
         self.names = {m: n for n, m in root.named_modules()}
         self.scopes: list[list[Any]] = [["", {}, None, None]]  # [scope name, op counters, module, hook handle]
         self.calls: dict[str, int] = {}
         self.opaque = 0  # inside a QuantLayer: it quantizes its own input; its internals are not activations
+        self.root = root
         self.routes = _weight_routes(root)
         self.handles = [register_module_forward_pre_hook(self._enter),
                         register_module_forward_hook(self._exit, always_call=True)]
@@ -252,6 +297,7 @@ class _Pass(TorchFunctionMode):
         if name is None:
             name = self.scopes[-1][0]
         k = self.calls[name] = self.calls.get(name, -1) + 1
+        self.points.last_scope = name  # named by errors of tracers that fail inside it
         handle = module.register_forward_hook(self._leave, always_call=True)
         self.scopes.append([name if k == 0 else f"{name}#{k}", {}, module, handle])
         if isinstance(module, QuantLayer):
@@ -333,14 +379,16 @@ def _any_float(args: tuple, kwargs: dict) -> bool:
 
 
 def _weight_routes(root: nn.Module) -> dict[int, nn.Module]:
-    """QuantLayers by the id of their float weight: a parent that computes ``F.linear(x, child.weight)``
-    itself (torchvision's Swin attention) is routed through the quantized child."""
+    """QuantLayers by the id of their float weight and of the quantized weight they expose (when computed): a
+    parent that computes ``F.linear(x, child.weight)`` itself (torchvision's Swin) is routed through the child."""
     from finequant.quant.modules import QuantLayer
 
     routes = {}
     for m in root.modules():
         if isinstance(m, QuantLayer):
-            routes[id(m.layer.weight)] = routes[id(m.weight)] = m  # the float weight and the one it exposes
+            routes[id(m.layer.weight)] = m
+            if m._dequantized is not None:
+                routes[id(m._dequantized)] = m
     return routes
 
 
@@ -472,6 +520,9 @@ def linear_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) ->
     weight = args[1] if len(args) > 1 else kwargs.get("weight")
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     layer = p.routes.get(id(weight))
+    if layer is None and isinstance(weight, torch.Tensor) and not isinstance(weight, nn.Parameter):
+        p.routes = _weight_routes(p.root)  # a quantized weight computed during this pass
+        layer = p.routes.get(id(weight))
     if layer is None or bias is not layer.bias:  # (Swin V2 passes an edited copy of the bias: float)
         return float_op(p, site, func, args, kwargs)
     return layer(args[0] if args else kwargs["input"])

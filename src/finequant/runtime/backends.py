@@ -191,6 +191,32 @@ def onnxruntime(dep: Deployable, workdir: Path, threads: int | None) -> Runner:
     return Runner("onnxruntime", lambda x: ort_run(sess, x), path, {"export": report})
 
 
+def torch_inductor(dep: Deployable, workdir: Path, threads: int | None) -> Runner:
+    """Static int8 models compiled by ``torch.compile`` (Inductor's oneDNN int8 kernels), float ones compiled
+    as they are; the first batch of each size compiles."""
+    from finequant.runtime.torch_inductor import CompiledInt8
+
+    if threads:
+        torch.set_num_threads(threads)
+    if dep.quantized is None:
+        model = torch.compile(dep.model.eval())
+    elif BACKENDS.info("torch-inductor").runs(METHODS.info(dep.method)) and dep.loaded.task == "image":
+        model = CompiledInt8(dep.quantized)
+    else:
+        raise FinequantError(f"the torch-inductor backend runs float models and static int8 image models; a "
+                             f"'{dep.method}' {dep.loaded.task} model runs on 'torch', 'onnxruntime' or 'torch-sim'")
+
+    def predict(x: Batch) -> np.ndarray:
+        with torch.no_grad():
+            if isinstance(x, dict):
+                return model(**{k: torch.from_numpy(v) for k, v in x.items()}).float().numpy()
+            return model(torch.from_numpy(x)).float().numpy()
+
+    runner = Runner("torch-inductor", predict, dep.weights_file())
+    runner.info["compile"] = getattr(model, "seconds", {})
+    return runner
+
+
 def openvino(dep: Deployable, workdir: Path, threads: int | None) -> Runner:
     try:
         import openvino as ov

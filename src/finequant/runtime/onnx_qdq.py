@@ -31,6 +31,7 @@ from finequant.errors import FinequantError
 from finequant.io import atomic_write_bytes
 from finequant.quant.api import QuantizedModel
 from finequant.quant.modules import QuantLayer
+from finequant.quant import points
 from finequant.quant.points import detach
 from finequant.runtime.onnx_graph import finish
 
@@ -55,7 +56,7 @@ def float_copy(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _static_same_padding(model: nn.Module, example: Any) -> Iterator[None]:
+def static_same_padding(model: nn.Module, example: Any) -> Iterator[None]:
     """TF-style SAME padding (timm's ``Conv2dSame``) computes its pads from the input's shape at run time,
     which traces into ~200 float shape-arithmetic nodes on EfficientNet-Lite0 that every runtime evaluates
     and that ORT's ``quantize_static`` quantized (21.9% accuracy); the export's image size is fixed, so
@@ -86,7 +87,13 @@ def _static_same_padding(model: nn.Module, example: Any) -> Iterator[None]:
 
 
 def _padded_conv(conv: nn.Conv2d, pads: list[int], x: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+    padded = F.pad(x, pads)
+    tag, watched = points.tag_of(x), points.current()
+    if tag is not None and watched is not None and watched.points.mode.startswith("export"):
+        # a quantized input: the padded tensor is on the same grid (zero is exact), and quantizing it again with
+        # the same point lets ONNX Runtime pad on uint8 and run the convolution as QLinearConv (else: float)
+        padded = watched.points.quantize(padded, tag[1])
+    return F.conv2d(padded, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
 def export_float(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor],
@@ -111,7 +118,7 @@ def export_float(model: nn.Module, example: torch.Tensor | dict[str, torch.Tenso
         # Its tracer warnings are not actionable for users; real failures raise and are reported below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _static_same_padding(model.eval(), example):
+            with static_same_padding(model.eval(), example):
                 torch.onnx.export(model, args, buf, kwargs=kwargs, dynamo=False, opset_version=OPSET,
                                   input_names=names, output_names=["logits"],
                                   dynamic_axes={**axes, "logits": {0: "batch"}})

@@ -11,7 +11,9 @@ import onnxruntime as ort
 from finequant.runtime.onnx_graph import graph_ops
 
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
-               "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearGlobalAveragePool")
+               "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearGlobalAveragePool", "QLinearMul",
+               "QLinearSigmoid", "QLinearConcat", "QLinearAveragePool", "QLinearSoftmax", "QLinearLeakyRelu",
+               "NhwcMaxPool")
 
 
 def session(model: str | Path | bytes, threads: int | None = None, optimized_path: str | Path | None = None,
