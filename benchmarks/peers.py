@@ -12,6 +12,7 @@ quantization via ``nodes_to_exclude``. ``quantize_dynamic``: per-channel int8 we
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,11 @@ def ort_quantize_static(fp32: Path, out: Path, calib: list[np.ndarray], method: 
             return None if x is None else {"input": x}
 
     pre = out.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(fp32), str(pre))
-    except Exception:  # ORT's symbolic shape inference fails on some graphs (ViT-B, Swin): its documented switch
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    with contextlib.chdir(out.parent):  # ORT's shape inference leaves temporaries in the working directory
+        try:
+            quant_pre_process(str(fp32), str(pre))
+        except Exception:  # its symbolic shape inference fails on some graphs (ViT-B, Swin): its documented switch
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=not has_vnni(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=op_types,
