@@ -149,7 +149,8 @@ def measure(spec: str, work: Path) -> dict:
             "Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")}
     runners = {k: Runner("onnxruntime", (lambda s: lambda x: run(s, x))(sess), None) for k, sess in sessions.items()}
     for b in (1, 8):
-        timed = measure_side_by_side(runners, to_numpy(example(b)), warmup=2, rounds=20, cycles=4)
+        timed = measure_side_by_side(runners, to_numpy(example(b)), warmup=2, rounds=40 if b == 1 else 20,
+                                     cycles=8 if b == 1 else 4)
         row[f"ms_b{b}"] = {k: v["p50_ms"] for k, v in timed.items()}
         row[f"int8_vs_fp32_b{b}"] = timed["int8"]["p50_ms"] / timed["fp32"]["p50_ms"]
         row[f"ort_vs_fp32_b{b}"] = timed["ort"]["p50_ms"] / timed["fp32"]["p50_ms"]
