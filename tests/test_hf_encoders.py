@@ -7,6 +7,7 @@ import torch
 
 from finequant.models import load_model
 from finequant.quant import QuantConfig, quantize
+from finequant.runtime.agreement import simulation_agreement, simulation_explains
 from finequant.runtime.onnx_dynamic import export_dynamic
 from finequant.runtime.ort import session
 
@@ -57,3 +58,9 @@ def test_hf_encoder_family_exports_every_linear_as_integer_matmul(family, tmp_pa
         want = qm.model(**{k: v for k, v in batch.items() if k in names}).numpy()
     cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cos.min() > 0.999, cos
+    agreement = simulation_agreement(qm.model, {k: v for k, v in batch.items() if k in names}, got)
+    assert simulation_explains(agreement), agreement
+    if family == "bert":  # rounding-flip noise is measured on token inputs too (at their first embedding)
+        assert 0 < agreement["flip_noise"] < 0.01, agreement
+    if family == "deberta-v2":  # its attention reads rel_embeddings' weight itself: found without data, float
+        assert qm.layers["encoder.encoder.rel_embeddings"]["status"] == "float"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -36,7 +37,9 @@ class TextClassifier(nn.Module):
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        # a tokenizer may give segment ids that the encoder has no embedding for (DistilBERT): not passed then
+        takes = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and takes else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]

@@ -278,11 +278,14 @@ def quantize(model: nn.Module | LoadedModel, config: QuantConfig | None = None,
     return qm
 
 
-def _synthetic_example(model: nn.Module | LoadedModel) -> torch.Tensor | None:
-    """A random input of the model's size, enough to find conv->BN pairs when no data is given."""
+def _synthetic_example(model: nn.Module | LoadedModel) -> Any:
+    """An input of the model's kind when no data is given: a random image of its size, or a tokenized sentence;
+    enough to find conv->BN pairs and the layers a parent computes with itself."""
     if isinstance(model, LoadedModel) and model.task == "image":
         s = model.preprocess.input_size
         return torch.randn(1, 3, s, s)
+    if isinstance(model, LoadedModel) and model.tokenizer is not None:
+        return dict(model.tokenizer(["an example sentence to trace the model with"], return_tensors="pt"))
     return None
 
 

@@ -32,21 +32,37 @@ def simulation_agreement(model: torch.nn.Module, x: Any, got: np.ndarray) -> dic
     ``explained`` is the share of the runtime's departure from float that the simulation reproduces
     (1 - error(sim) / error(float)); the float run switches the model's quantized layers off (for a model
     read from a quantized folder its weights are the dequantized ones). ``flip_noise`` is how far the
-    simulation moves when its image input changes by 1e-6 relative: two exact implementations of the same
-    int8 arithmetic that sum in another order differ by that much (a rounding flip in one layer changes
-    the next one's input by a whole step; untrained deep models amplify it)."""
+    simulation moves when its input (image) or first embedding (text) changes by 1e-6 relative: two exact
+    implementations of the same int8 arithmetic that sum in another order differ by that much (a rounding
+    flip in one layer changes the next one's input by a whole step; untrained deep models amplify it)."""
     model.eval()
     sim = forward(model, x).float().numpy()
     with float_reference(model):
         flt = forward(model, x).float().numpy()
-    noise = 0.0
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
-        gen = torch.Generator().manual_seed(0)
-        nudged = x * (1 + FLIP_PERTURBATION * torch.randn(x.shape, generator=gen))
-        noise = rel_error(forward(model, nudged).float().numpy(), sim)
+    noise = rel_error(_nudged(model, x), sim)
     sim_error, int8_error = rel_error(got, sim), rel_error(got, flt)
     return {"cosine": cosine(got, sim), "sim_rel_error": sim_error, "int8_rel_error": int8_error,
             "explained": 1.0 - sim_error / int8_error if int8_error > 0 else 1.0, "flip_noise": noise}
+
+
+def _nudged(model: torch.nn.Module, x: Any) -> np.ndarray:
+    """The model's logits with its input (an image batch) or, for token inputs, its first embedding's output
+    changed by ``FLIP_PERTURBATION`` relative."""
+    gen = torch.Generator().manual_seed(0)
+
+    def nudge(t: torch.Tensor) -> torch.Tensor:
+        return t * (1 + FLIP_PERTURBATION * torch.randn(t.shape, generator=gen))
+
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return forward(model, nudge(x)).float().numpy()
+    embedding = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    if embedding is None:
+        return forward(model, x).float().numpy()
+    handle = embedding.register_forward_hook(lambda m, a, out: nudge(out))
+    try:
+        return forward(model, x).float().numpy()
+    finally:
+        handle.remove()
 
 
 def simulation_explains(agreement: dict[str, float]) -> bool:
