@@ -95,6 +95,10 @@ class DequantizeWeight(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g: Any, codes: Any, scale: Any, zero_point: Any, axis: int) -> Any:
+        if codes.type().scalarType() == "Int":
+            # an int32 bias's zero points are 0, DequantizeLinear's default: left out of the file (4 bytes per
+            # channel); ORT's QGemm fusion needs the int8 weight's, so those stay
+            return g.op("DequantizeLinear", codes, scale, axis_i=axis)
         return g.op("DequantizeLinear", codes, scale, zero_point, axis_i=axis)
 
 
