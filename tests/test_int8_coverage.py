@@ -1,5 +1,7 @@
 """Transformer-era blocks in int8, and what ships computes what was simulated (issue 13)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -104,6 +106,25 @@ def test_transformer_era_models_export_every_linear_in_int8(spec, tmp_path):
     assert simulation_explains(r["simulation"]), r["simulation"]
     ops = optimized_ops(tmp_path / "m.onnx", tmp_path)
     assert ops.get("MatMulIntegerToFloat", 0) >= 8, ops
+
+
+def test_convnext_layer_scale_folds_into_the_mlp_and_gelu_runs_as_one_op(tmp_path):
+    """timm ConvNeXt's ``x * gamma`` goes into the MLP's last layer (exact), so no per-channel Mul sits between
+    that layer and the residual Add; GELU is one ONNX op, which ONNX Runtime runs fused between int8 layers."""
+    from finequant.quant.api import fold_layer_scale
+
+    torch.manual_seed(0)
+    net = load_model("timm:convnext_atto", pretrained=False, num_classes=10).model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = net(x)
+        folded = copy.deepcopy(net)
+        assert fold_layer_scale(folded) == 12 and fold_layer_scale(folded) == 0
+        assert torch.allclose(folded(x), want, rtol=1e-4, atol=1e-5)
+    qm = quantize(net, QuantConfig(), [torch.randn(4, 3, 64, 64) for _ in range(2)])
+    export_qdq(qm, x[:1], tmp_path / "m.onnx")
+    ops = optimized_ops(tmp_path / "m.onnx", tmp_path)
+    assert ops.get("Gelu") == 12 and "QLinearMul" not in ops and "Mul" not in ops and "Erf" not in ops, ops
 
 
 def test_export_warns_when_most_compute_stays_float(tmp_path, caplog):

@@ -36,7 +36,7 @@ from finequant.quant.points import detach
 from finequant.runtime.onnx_graph import finish
 
 log = logging.getLogger(__name__)
-OPSET = 17
+OPSET = 20
 ACTIVATIONS = ("Relu", "Clip")
 PASS_THROUGH = ("MaxPool",)  # ops whose output range is within their input's (max over a window)
 
