@@ -4,8 +4,8 @@ it runs against ONNX Runtime's own quantizer on the same fp32 file.
 Vision models: random init at each model's own input size (the loader reads it from the model's config;
 EfficientNet-Lite0: the bundled ImageNet weights), BatchNorm statistics re-estimated on the calibration batches
 (8 seeded random batches of 4), static W8A8 with finequant's defaults, exported with its QDQ exporter. Text
-models: the bundled MiniLM and small random Hugging Face encoders, dynamic int8 (finequant's text default), at
-128 tokens. Per model: layers in int8 and float (with reasons), ONNX Runtime's integer ops, the simulation
+models: the bundled MiniLM and small random Hugging Face encoders, dynamic int8 (finequant's text default), on
+Rotten Tomatoes sentences filling 128 tokens. Per model: layers in int8 and float (with reasons), ONNX Runtime's integer ops, the simulation
 contract at batch 1 and 16 (error of ORT vs the simulation, vs float, and the simulation's rounding-flip
 noise), cosine(fp32, int8), file size, and ORT latency int8 / fp32 at batch 1 and 8 (alternating blocks)
 for finequant and for the ORT peer configured as benchmarks/peers.py says. Random weights make logits small
@@ -19,6 +19,7 @@ Writes benchmarks/results/coverage.json and docs/coverage.md.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from finequant.cpu import cpu_description
+from finequant.data import load_data
 from finequant.models import load_model
 from finequant.quant import QuantConfig, quantize
 from finequant.runtime.agreement import cosine, simulation_agreement, simulation_explains
@@ -39,6 +41,7 @@ from finequant.runtime.bench import measure_side_by_side
 from finequant.runtime.exporters import export
 from finequant.runtime.ort import integer_ops, optimized_ops, run, session
 from peers import PEER_SETTINGS, ort_quantize_dynamic, ort_quantize_static
+from zoo import random_vision_model
 
 VISION = ("efficientnet_lite0", "torchvision:resnet18", "torchvision:resnet50", "torchvision:mobilenet_v2",
           "torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:densenet121",
@@ -58,21 +61,6 @@ HF_CONFIGS = {  # small random encoders of each family (transformers config clas
 TEXT = ("minilm", *HF_CONFIGS)
 MODELS = VISION + TEXT
 THREADS, CALIB_BATCHES, TOKENS = 2, 8, 128
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
-    """BatchNorm statistics of a random-init model set from data (cumulative average over ``batches``):
-    with the initial (0, 1) statistics, signals vanish through deep nets (MobileNetV3's logits were 4e-8,
-    which int8 rounds to exactly 0)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for x in batches:
-        model(x)
-    model.eval()
 
 
 def hf_folder(spec: str, root: Path) -> Path:
@@ -96,21 +84,23 @@ def load(spec: str, work: Path) -> tuple[Any, list[Any], Any]:
     if spec in TEXT:
         loaded = load_model("minilm" if spec == "minilm" else f"hf:{hf_folder(spec, work)}")
         loaded.set_num_classes(2, ["neg", "pos"])
-        vocab = loaded.tokenizer.vocab_size
+
+        takes = inspect.signature(loaded.model.encoder.forward).parameters  # DistilBERT: no token_type_ids
+        sentences = load_data("rotten_tomatoes").items
+        picks = iter(torch.randperm(len(sentences), generator=gen).tolist())
 
         def example(b: int) -> dict[str, torch.Tensor]:
-            ids = torch.randint(1000, vocab, (b, TOKENS), generator=gen)
-            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            # real sentences, 8 to a text so that most fill the 128 tokens (random token ids put MiniLM in a
+            # regime where a 1e-6 change of its embeddings moves the logits by 2%: no runtime can match that)
+            texts = [" ".join(sentences[next(picks)] for _ in range(8)) for _ in range(b)]
+            batch = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=TOKENS, return_tensors="pt")
+            return {k: v for k, v in batch.items() if k in takes}
 
         return loaded, [], example
-    loaded = load_model(spec) if spec == "efficientnet_lite0" else load_model(spec, pretrained=False)
+    loaded, calib = random_vision_model(spec, CALIB_BATCHES)
     s = loaded.preprocess.input_size
-    calib = [torch.randn(4, 3, s, s, generator=gen) for _ in range(CALIB_BATCHES)]
-    if spec != "efficientnet_lite0":
-        reestimate_batchnorm(loaded.model, calib)
-    if isinstance(loaded.head, torch.nn.Linear) and not loaded.head.weight.any():
-        torch.nn.init.normal_(loaded.head.weight, std=0.02)  # torchvision's ViT starts from a zero head: logits 0
-    return loaded, calib, lambda b: torch.randn(b, 3, s, s, generator=gen)
+    examples = torch.Generator().manual_seed(1)  # not the calibration batches
+    return loaded, calib, lambda b: torch.randn(b, 3, s, s, generator=examples)
 
 
 def measure(spec: str, work: Path) -> dict:
