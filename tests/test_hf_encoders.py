@@ -2,6 +2,7 @@
 in integer MatMuls (the 2-D classifier head included) and run on ONNX Runtime as simulated (issue 13)."""
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -51,6 +52,11 @@ def test_hf_encoder_family_exports_every_linear_as_integer_matmul(family, tmp_pa
     assert all("pooler" in n for n in set(done) - set(linears) if "embeddings" not in n)  # unused: mean pooling
     assert linears and all(how == "int8 dynamic (MatMulInteger)" for how in linears.values()), linears
     assert "head" in linears
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    weights = {i.name for i in graph.initializer}
+    weights |= {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in weights}
+    float_weights = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+    assert not float_weights, float_weights  # every call of every Linear (ALBERT's layers share theirs)
     sess = session(tmp_path / "m.onnx")
     names = {i.name for i in sess.get_inputs()}
     got = sess.run(None, {k: v.numpy() for k, v in batch.items() if k in names})[0]

@@ -42,19 +42,20 @@ def export_dynamic(qm: QuantizedModel, example: dict[str, torch.Tensor] | torch.
             done[name] = f"float in ONNX: {spec.scheme}{spec.bits}/{layer.act_mode} has no integer MatMul form here"
             continue
         wt = layer.quantized_weight().detach().numpy().T
-        init = next((n for n in by_shape.get(wt.shape, []) if n in g.inits
-                     if np.array_equal(numpy_helper.to_array(g.inits[n]), wt)), None)
-        node = next((n for n in g.graph.node if n.op_type == "MatMul" and init is not None and n.input[1] == init),
-                    None)
+        copies = {n for n in by_shape.get(wt.shape, []) if n in g.inits
+                  and np.array_equal(numpy_helper.to_array(g.inits[n]), wt)}
+        # every call: the exporter reads W^T in a shared Linear's later calls (ALBERT's layers) through Identity
+        copies |= {n.output[0] for n in g.graph.node if n.op_type == "Identity" and n.input[0] in copies}
+        nodes = [n for n in g.graph.node if n.op_type == "MatMul" and n.input[1] in copies]
         # a Linear on a 2-D input (the classifier head after pooling) exports as Gemm(x, W, b, transB=1)
-        node = node or next((n for n in g.graph.node if n.op_type == "Gemm" and n.input[1] == f"{name}.weight"
-                             and _plain_gemm(n)), None)
-        if node is None:
+        nodes = nodes or [n for n in g.graph.node if n.op_type == "Gemm" and n.input[1] == f"{name}.weight"
+                          and _plain_gemm(n)]
+        if not nodes:
             done[name] = ("not in the exported graph: nothing the outputs depend on reads it (e.g. a pooler the "
-                          "head does not use)" if init is None and f"{name}.weight" not in g.inits else
+                          "head does not use)" if not copies and f"{name}.weight" not in g.inits else
                           "float in ONNX: its weight is not a MatMul/Gemm initializer after export")
             continue
-        _rewrite(g, node, layer, name)
+        _rewrite(g, nodes, layer, name)
         done[name] = "int8 dynamic (MatMulInteger)"
     finish(proto, path)
     return proto, done
@@ -93,9 +94,9 @@ def _plain_gemm(node: onnx.NodeProto) -> bool:
         and attrs.get("beta", 1.0) == 1.0
 
 
-def _rewrite(g: Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
-    x, w, y = node.input[0], node.input[1], node.output[0]
-    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+def _rewrite(g: Graph, nodes: list[onnx.NodeProto], layer: Any, name: str) -> None:
+    """Each of ``nodes`` (the layer's MatMul/Gemm calls) as DynamicQuantizeLinear -> MatMulInteger with the
+    layer's int8 codes, stored once."""
     codes = layer.weight_codes().numpy().astype(np.int8).T  # (in, out)
     scale = layer.weight_scale.detach().flatten().numpy().astype(np.float32)
     if scale.size == 1:
@@ -104,13 +105,21 @@ def _rewrite(g: Graph, node: onnx.NodeProto, layer: Any, name: str) -> None:
     wq = g.add_init(f"{p}_weight_int8", np.ascontiguousarray(codes))
     wz = g.add_init(f"{p}_weight_zero_point", np.zeros(codes.shape[1], dtype=np.int8))
     ws = g.add_init(f"{p}_weight_scale", scale)
-    new = [helper.make_node("DynamicQuantizeLinear", [x], [f"{p}_xq", f"{p}_xs", f"{p}_xz"], name=f"{p}_DQL"),
-           helper.make_node("MatMulInteger", [f"{p}_xq", wq, f"{p}_xz", wz], [f"{p}_acc"], name=f"{p}_MMI"),
-           helper.make_node("Cast", [f"{p}_acc"], [f"{p}_accf"], name=f"{p}_Cast", to=onnx.TensorProto.FLOAT),
-           helper.make_node("Mul", [f"{p}_xs", ws], [f"{p}_scale"], name=f"{p}_ScaleMul"),
-           helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [f"{p}_mm" if bias else y], name=f"{p}_Rescale")]
-    if bias:
-        new.append(helper.make_node("Add", [f"{p}_mm", bias], [y], name=f"{p}_Bias"))
-    g.graph.node.remove(node)
-    g.graph.node.extend(new)
-    g.drop_init(w)
+    for k, node in enumerate(nodes):
+        x, y, q = node.input[0], node.output[0], p if k == 0 else f"{p}_call{k}"
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        new = [helper.make_node("DynamicQuantizeLinear", [x], [f"{q}_xq", f"{q}_xs", f"{q}_xz"], name=f"{q}_DQL"),
+               helper.make_node("MatMulInteger", [f"{q}_xq", wq, f"{q}_xz", wz], [f"{q}_acc"], name=f"{q}_MMI"),
+               helper.make_node("Cast", [f"{q}_acc"], [f"{q}_accf"], name=f"{q}_Cast", to=onnx.TensorProto.FLOAT),
+               helper.make_node("Mul", [f"{q}_xs", ws], [f"{q}_scale"], name=f"{q}_ScaleMul"),
+               helper.make_node("Mul", [f"{q}_accf", f"{q}_scale"], [f"{q}_mm" if bias else y], name=f"{q}_Rescale")]
+        if bias:
+            new.append(helper.make_node("Add", [f"{q}_mm", bias], [y], name=f"{q}_Bias"))
+        g.graph.node.remove(node)
+        g.graph.node.extend(new)
+    for w in {n.input[1] for n in nodes}:
+        identity = next((n for n in g.graph.node if n.op_type == "Identity" and n.output[0] == w), None)
+        if identity is not None:
+            g.graph.node.remove(identity)
+            w = identity.input[0]
+        g.drop_init(w)
