@@ -69,6 +69,17 @@ def test_int8_ops_switches_kinds_of_activation_ops_off(tmp_path):
         QuantConfig(int8_ops=["softmax"])
 
 
+def test_an_in_place_float_activation_between_int8_layers_is_calibrated():
+    """timm's BatchNormAct2d runs Hardswish in place: the tensor the next conv reads is the one calibration
+    already marked seen for the conv before, with new values; its point must still see them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(inplace=True), nn.Conv2d(8, 4, 3)).eval()
+    qm = quantize(net, QuantConfig(int8_ops=[]), [torch.randn(4, 3, 12, 12) for _ in range(2)])
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(qm.model(x).flatten(), net(x).flatten(), dim=0) > 0.99
+
+
 def test_calibration_observes_each_tensor_once_and_keys_survive_hooks():
     """A tensor read by several int8 ops has one point; forward hooks that compute on outputs (PTQ captures,
     user instrumentation) do not shift the op counts the points are keyed by."""

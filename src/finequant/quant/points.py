@@ -141,8 +141,9 @@ def tag_of(t: Any) -> tuple[str, str, bool] | None:
 
 def _set_tag(t: torch.Tensor, state: str, key: str, conv: bool = False) -> None:
     setattr(t, _TAG, (_token(), (state, key, conv)))
-    if hasattr(t, _CACHE):  # an in-place op changed the tensor: its quantized copy is stale
-        delattr(t, _CACHE)
+    for stale in (_CACHE, _SEEN):  # an in-place op changed the tensor: its quantized copy and mark are stale
+        if hasattr(t, stale):
+            delattr(t, stale)
 
 
 def _int8(t: Any) -> bool:
