@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from finequant.catalog import BACKENDS
 from finequant.errors import ConfigError, FinequantError
 from finequant.models.base import LoadedModel, forward
 from finequant.quant.config import QATConfig, QuantConfig
@@ -182,8 +183,11 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
 
 @torch.no_grad()
 def int8_ops(config: QuantConfig) -> tuple[str, ...]:
-    """The kinds of activation ops a static model runs int8: the config's, else all (see docs/coverage.md)."""
-    return tuple(config.int8_ops) if config.int8_ops is not None else OP_KINDS
+    """The kinds of activation ops a static model runs int8: the config's, else those that pay on the runtime
+    it is made for (see docs/coverage.md)."""
+    if config.int8_ops is not None:
+        return tuple(config.int8_ops)
+    return BACKENDS.info(config.runtime).int8_ops or OP_KINDS
 
 
 def reparameterize(net: nn.Module) -> bool:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from finequant.catalog import METHODS, OBSERVERS, PTQ_STEPS
+from finequant.catalog import BACKENDS, METHODS, OBSERVERS, PTQ_STEPS
 from finequant.configs import from_mapping
 from finequant.errors import ConfigError
 from finequant.quant.spec import GRANULARITIES, SCHEMES
@@ -48,9 +48,13 @@ class QuantConfig:
     """Calibration batches."""
     fold_bn: bool = True
     """Fold BatchNorm into the preceding convolution before quantizing."""
+    runtime: str = "onnxruntime"
+    """The runtime the int8 model is made for (a backend name): it decides the default ``int8_ops``. A model
+    made for one runs on the others too, computing what was simulated; it may be slower there."""
     int8_ops: list[str] | None = None
     """Kinds of activation ops run int8 besides Conv/Linear (static): add, mul, sigmoid, pool, silu, hardswish,
-    concat, matmul (attention products); default: those that pay on this CPU's runtime."""
+    concat, matmul (attention products); default: those that pay on ``runtime`` (all of them on ONNX Runtime;
+    add, concat and matmul on OpenVINO)."""
     ptq: list[str] = field(default_factory=list)
     """Advanced PTQ steps to run (repeatable): cle, adaround, bias-correction."""
     adaround_iterations: int = 400
@@ -91,6 +95,8 @@ class QuantConfig:
         for key in ("weight_bits", "act_bits"):
             if not 2 <= getattr(self, key) <= 16:
                 raise ConfigError(f"{key}={getattr(self, key)} must be between 2 and 16")
+        if self.runtime not in BACKENDS:
+            raise ConfigError(f"runtime: {BACKENDS.unknown_message(self.runtime)}")
         for kind in self.int8_ops or ():
             if kind not in OP_KINDS:
                 raise ConfigError(f"int8_ops: {kind!r} is not one of {', '.join(OP_KINDS)}")
