@@ -12,21 +12,7 @@ import torch
 
 from finequant.data import load_data
 from finequant.models import load_model
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
-    """BatchNorm statistics of a random-init model set from data (cumulative average over ``batches``):
-    with the initial (0, 1) statistics, signals vanish through deep nets (MobileNetV3's logits were 4e-8,
-    which int8 rounds to exactly 0)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for x in batches:
-        model(x)
-    model.eval()
+from finequant.models.base import reestimate_batchnorm
 
 
 def random_vision_model(spec: str, batches: int, batch_size: int = 4, seed: int = 0):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from finequant.models import load_model
+from finequant.models.base import reestimate_batchnorm
 from finequant.quant import QuantConfig, quantize
 from finequant.quant.artifact import load_quantized, save_quantized
 from finequant.runtime.agreement import rel_error, simulation_agreement, simulation_explains
@@ -268,15 +269,7 @@ def test_tiny_configs_of_each_family_run_every_layer_int8_as_simulated(family, s
     for m in net.modules():  # torchvision's ViT starts from a zero head (all logits 0)
         if isinstance(m, nn.Linear) and not m.weight.any():
             nn.init.normal_(m.weight, std=0.02)
-    with torch.no_grad():  # BatchNorm statistics from data, as a trained model has them
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        net.train()
-        for x in calib:
-            net(x)
-    net.eval()
+    reestimate_batchnorm(net, calib)  # BatchNorm statistics from data, as a trained model has them
     qm = quantize(net, QuantConfig(), calib)
     x = torch.randn(16, 3, size, size)
     _, done = export_qdq(qm, x[:1], tmp_path / "m.onnx")

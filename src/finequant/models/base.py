@@ -148,3 +148,18 @@ def forward(model: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor]) ->
 def to_device(inputs: torch.Tensor | dict[str, torch.Tensor], device: torch.device | str
               ) -> torch.Tensor | dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Set every BatchNorm layer's statistics from ``batches`` (cumulative average), leaving ``model`` in eval
+    mode: a random-init model keeps its initial (0, 1) statistics otherwise, and signals vanish through deep
+    nets (MobileNetV3's logits were 4e-8, which int8 rounds to exactly 0)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    for x in batches:
+        model(x)
+    model.eval()
