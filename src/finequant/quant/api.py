@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,20 @@ class QuantizedModel:
     def points(self) -> ActivationPoints | None:
         """The activation quantization points (static methods), see :mod:`finequant.quant.points`."""
         return points_of(self.model)
+
+    @contextlib.contextmanager
+    def tracing(self, mode: str) -> Iterator[dict[str, QuantLayer]]:
+        """The model in an export mode of its activation points (``export``: ONNX Q/DQ; ``export-torch``: pt2e's
+        quantize/dequantize form), each int8 layer's constants computed once for the trace; yields the layers."""
+        layers = self.quant_layers()
+        for layer in layers.values():
+            layer._export_cache = layer.export_constants() if layer.int8_kernel else None
+        try:
+            with self.points.mode_as(mode):
+                yield layers
+        finally:
+            for layer in layers.values():
+                layer._export_cache = None
 
     def qparams(self) -> QParams:
         return QParams({n: m.qparams() for n, m in self.quant_layers().items()}, folded=list(self.folded),

@@ -138,20 +138,13 @@ def export_qdq(qm: QuantizedModel, example: torch.Tensor, path: str | Path | Non
     The file is the simulation itself, traced with its activation points in ``export`` mode: every tensor the
     simulation rounds gets a QuantizeLinear/DequantizeLinear pair, every int8 layer its codes as an int8
     initializer + DequantizeLinear, so the points in the file are the simulated ones by construction."""
-    points = qm.points
-    if points is None:
+    if qm.points is None:
         raise FinequantError(f"method '{qm.config.method}' quantizes no activations statically; its ONNX form is "
                              "the dynamic or fp32 exporter (see `finequant list exporters`)")
-    layers = qm.quant_layers()
-    for layer in layers.values():
-        layer.exported_as = None
-        layer._export_cache = layer.export_constants() if layer.int8_kernel else None
-    try:
-        with points.mode_as("export"):
-            proto = export_float(qm.model, example)
-    finally:
+    with qm.tracing("export") as layers:
         for layer in layers.values():
-            layer._export_cache = None
+            layer.exported_as = None
+        proto = export_float(qm.model, example)
     finish(proto, path)
     return proto, {n: layer.exported_as or "not in the exported graph (unused by the forward pass)"
                    for n, layer in layers.items()}

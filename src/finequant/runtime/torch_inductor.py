@@ -38,20 +38,14 @@ def export_int8(qm: QuantizedModel, example: torch.Tensor) -> torch.export.Expor
         raise FinequantError(f"method '{qm.config.method}' quantizes no activations statically; the torch-inductor "
                              "backend runs static int8 models (method static or qat)")
     _register_int8_lowering()
-    layers = qm.quant_layers()
-    for layer in layers.values():
-        layer._export_cache = layer.export_constants() if layer.int8_kernel else None
     model = qm.model.eval()
     try:
-        with points.mode_as("export-torch"), torch.no_grad(), static_same_padding(model, example):
+        with qm.tracing("export-torch"), torch.no_grad(), static_same_padding(model, example):
             return torch.export.export(model, (example,))
     except Exception as e:  # torch.export raises many types for what it cannot trace
         raise FinequantError(f"torch.export could not trace the quantized model in module '{points.last_scope}' "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); run it on onnxruntime, "
                              "or keep that module float (QuantConfig.skip)") from e
-    finally:
-        for layer in layers.values():
-            layer._export_cache = None
 
 
 class CompiledInt8:
