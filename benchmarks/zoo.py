@@ -3,7 +3,6 @@ from data, so that activations are realistic without downloading weights."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,6 @@ def sentence_batches(loaded: Any, tokens: int, seed: int = 0) -> Callable[[int],
     token ids put MiniLM in a regime where a 1e-6 change of its embeddings moves the logits by 2%: no runtime
     can match that), as the encoder's inputs (DistilBERT takes no token_type_ids)."""
     gen = torch.Generator().manual_seed(seed)
-    takes = inspect.signature(loaded.model.encoder.forward).parameters
     sentences = load_data("rotten_tomatoes").items
     picks = iter(torch.randperm(len(sentences), generator=gen).tolist())
 
@@ -58,6 +56,6 @@ def sentence_batches(loaded: Any, tokens: int, seed: int = 0) -> Callable[[int],
         texts = [" ".join(sentences[next(picks)] for _ in range(8)) for _ in range(b)]
         batch = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=tokens,
                                  return_tensors="pt")
-        return {k: v for k, v in batch.items() if k in takes}
+        return {k: v for k, v in batch.items() if k != "token_type_ids" or loaded.model.takes_token_types}
 
     return example

@@ -34,12 +34,12 @@ class TextClassifier(nn.Module):
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+        # a tokenizer may give segment ids that the encoder has no embedding for (DistilBERT): not passed then
+        self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # a tokenizer may give segment ids that the encoder has no embedding for (DistilBERT): not passed then
-        takes = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and takes else {}
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.takes_token_types else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
