@@ -87,6 +87,25 @@ def test_a_model_made_for_openvino_keeps_the_gates_float_and_runs_there_as_simul
     assert simulation_agreement(qm.model, x, got)["cosine"] > 0.999
 
 
+def test_a_model_made_for_torch_inductor_runs_activations_and_the_residual_add_inside_int8_convolutions():
+    """``runtime="torch-inductor"``: points where oneDNN's int8 convolution quantizes, after its post-ops (SiLU,
+    Hardswish, the residual Add's ``sum``), and float outputs for float consumers, as X86InductorQuantizer
+    places them; the compiled model computes what was simulated."""
+    from torch._dynamo.utils import counters
+
+    from finequant.runtime.torch_inductor import CompiledInt8
+
+    _, qm = _quantized(QuantConfig(runtime="torch-inductor"))
+    x = torch.randn(16, 3, 16, 16)
+    counters.clear()
+    got = CompiledInt8(qm)(x).numpy()
+    lowered = counters["inductor"]
+    assert lowered["qconv_weight_prepack_matcher_count"] == 6 and lowered["qconv2d_binary_lower_count"] == 1, lowered
+    assert lowered["qconv_unary_lower_count"] == 5, lowered
+    a = simulation_agreement(qm.model, x, got)
+    assert a["cosine"] > 0.9999 and a["sim_rel_error"] < 0.01 * a["int8_rel_error"], a
+
+
 def test_an_in_place_float_activation_between_int8_layers_is_calibrated():
     """timm's BatchNormAct2d runs Hardswish in place: the tensor the next conv reads is the one calibration
     already marked seen for the conv before, with new values; its point must still see them."""

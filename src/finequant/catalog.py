@@ -55,6 +55,10 @@ class BackendInfo:
     """The kinds of activation ops (``QuantConfig.int8_ops``) worth running int8 for this runtime when the
     model is made for it (``QuantConfig.runtime``); None: every kind finequant can place."""
 
+    epilogues: bool = False
+    """Its int8 kernels run post-ops (activation, residual Add) before quantizing their output and can write
+    float: a model made for it places its points so (``ActivationPoints.epilogues``)."""
+
     def runs(self, method: MethodInfo) -> bool:
         return self.quantized == "all" or bool(getattr(method, self.quantized))
 
@@ -129,12 +133,18 @@ BACKENDS.register_lazy("torch", _B + "torch_eager",
                        BackendInfo("torch_kernels"))
 BACKENDS.register_lazy("onnxruntime", _B + "onnxruntime", "ONNX Runtime CPU: QDQ int8 (QLinearConv...), integer "
                        "MatMuls, or fp32", BackendInfo("exporter"))
+# Inductor runs quantize/dequantize around a float op as one fused loop, and has no int8 kernel for the
+# squeeze-excitation Mul, sigmoids or attention products: points there only add work
 BACKENDS.register_lazy("torch-inductor", _B + "torch_inductor", "PyTorch-native int8: torch.export + "
                        "torch.compile, Inductor's oneDNN int8 kernels, finequant's own qparams (pt2e form)",
-                       BackendInfo("calibrated"))
+                       BackendInfo("calibrated", int8_ops=("add", "pool", "concat"), epilogues=True))
 # OpenVINO fuses depthwise convolutions with their activation and the squeeze-excitation gate itself: int8 points
 # on the gates (QLinearMul for ORT) become FakeQuantize nodes that block those fusions (MobileNetV3-large: 6.20 vs
-# 3.96 ms at batch 1 with only Add/Concat/MatMul points; ResNet-50 needs its residual Add points: 27.1 vs 24.4 ms)
+# 3.96 ms at batch 1 with only Add/Concat/MatMul points; ResNet-50 needs its residual Add points: 27.1 vs 24.4 ms).
+# Its int8 convolutions are faster without activation zero points (symmetric int8 where a tensor has negative values,
+# as NNCF's default preset quantizes: MobileNetV3-large, AVX2, 3.02 vs 3.49 ms at batch 1, 40.2 vs 45.9 at 16), but
+# on an AVX2 CPU without VNNI it then computes 17% away from both the simulation and fp32 on a MobileNet-style
+# block (asymmetric uint8: 0.3%), so finequant keeps zero points there
 BACKENDS.register_lazy("openvino", _B + "openvino",
                        "OpenVINO CPU plugin reading the same ONNX (pip install 'finequant[openvino]')",
                        BackendInfo("exporter", int8_ops=("add", "concat", "matmul")))

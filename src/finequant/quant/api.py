@@ -28,6 +28,7 @@ from finequant.quant.ptq.steps import ordered
 from finequant.quant.methods import act_spec
 from finequant.quant.modules import SUPPORTED_LAYERS, LayerQParams, QuantLayer
 from finequant.quant.points import OP_KINDS, ActivationPoints, attach, points_of
+from finequant.quant.spec import QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
         elif any(True for _ in module.parameters(recurse=False)):
             layers[name] = {"type": type(module).__name__, "status": "float", "reason": _float_reason(module)}
     if any(m.act_mode == "static" for m in net.modules() if isinstance(m, QuantLayer)):
-        attach(net, ActivationPoints(act_spec(config), config.observer, config.seed, int8_ops(config)))
+        attach(net, activation_points(config, act_spec(config)))
     for name in _uncalled_layers(net, example):
         net.set_submodule(name, net.get_submodule(name).layer)
         layers[name] = {**layers[name], "status": "float", "reason": (
@@ -196,13 +197,12 @@ def prepare(model: nn.Module | LoadedModel, config: QuantConfig, example: Any = 
     return QuantizedModel(net, config, layers, pairs)
 
 
-@torch.no_grad()
-def int8_ops(config: QuantConfig) -> tuple[str, ...]:
-    """The kinds of activation ops a static model runs int8: the config's, else those that pay on the runtime
-    it is made for (see docs/coverage.md)."""
-    if config.int8_ops is not None:
-        return tuple(config.int8_ops)
-    return BACKENDS.info(config.runtime).int8_ops or OP_KINDS
+def activation_points(config: QuantConfig, spec: QuantSpec) -> ActivationPoints:
+    """A static model's activation points, placed for the runtime it is made for: the kinds of activation ops
+    it runs int8 are the config's, else those that pay on that runtime (see docs/coverage.md)."""
+    backend = BACKENDS.info(config.runtime)
+    ops = tuple(config.int8_ops) if config.int8_ops is not None else backend.int8_ops or OP_KINDS
+    return ActivationPoints(spec, config.observer, config.seed, ops, backend.epilogues)
 
 
 def reparameterize(net: nn.Module) -> bool:
@@ -374,6 +374,6 @@ def quantize_inference(model: nn.Module | LoadedModel, qparams: QParams,
         if qparams.points is None:
             raise FinequantError("these qparams quantize activations statically but carry no activation points "
                                  "(made by an older finequant?): quantize the model again")
-        points = points_of(qm.model) or attach(qm.model, ActivationPoints(static[0].act_spec, ops=int8_ops(config)))
+        points = points_of(qm.model) or attach(qm.model, activation_points(config, static[0].act_spec))
         points.load_state(qparams.points)
     return qm.model.eval()

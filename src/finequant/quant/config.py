@@ -54,7 +54,8 @@ class QuantConfig:
     int8_ops: list[str] | None = None
     """Kinds of activation ops run int8 besides Conv/Linear (static): add, mul, sigmoid, pool, silu, hardswish,
     concat, matmul (attention products); default: those that pay on ``runtime`` (all of them on ONNX Runtime;
-    add, concat and matmul on OpenVINO)."""
+    add, concat and matmul on OpenVINO; add, pool and concat on torch-inductor, whose int8 convolutions also run
+    Hardswish, SiLU and a residual Add before quantizing their output)."""
     ptq: list[str] = field(default_factory=list)
     """Advanced PTQ steps to run (repeatable): cle, adaround, bias-correction."""
     adaround_iterations: int = 400

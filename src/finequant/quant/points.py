@@ -160,11 +160,13 @@ class ActivationPoints:
 
     Attached to the model as ``model.fq_points`` by :func:`attach`; a forward pass of the model then
     applies them. ``spec`` and ``observer`` set how new points are quantized and calibrated; ``ops`` which
-    kinds of activation ops (:data:`OP_KINDS`) run int8."""
+    kinds of activation ops (:data:`OP_KINDS`) run int8; ``epilogues`` places the points for int8 kernels with
+    post-ops (oneDNN through Inductor, see :data:`EPILOGUE_RULES`) instead of ONNX Runtime's QLinear kernels."""
 
     def __init__(self, spec: QuantSpec, observer: str = "minmax", seed: int = 0,
-                 ops: tuple[str, ...] = OP_KINDS) -> None:
+                 ops: tuple[str, ...] = OP_KINDS, epilogues: bool = False) -> None:
         self.spec, self.observer, self.seed, self.ops = spec, observer, seed, tuple(ops)
+        self.epilogues = epilogues
         self.points: dict[str, Point] = {}
         self.mode = "simulate"
         self.observe_in_training = False  # QAT: ranges follow the data while the model trains
@@ -338,7 +340,7 @@ class _Pass(TorchFunctionMode):
         name = _op_name(func)
         if self.opaque or name in _SILENT or not _any_float(args, kwargs):
             return func(*args, **kwargs)
-        kind, rule = RULES.get(name, (None, float_op))
+        kind, rule = (self.points.epilogues and EPILOGUE_RULES.get(name)) or RULES.get(name, (None, float_op))
         if kind is not None and kind not in self.points.ops:
             rule = float_op
         return rule(self, self.site(name), func, args, kwargs)
@@ -412,9 +414,11 @@ Rule = Callable[[_Pass, str, Callable, tuple, dict], Any]
 
 
 def float_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
-    """An op that runs in float: its pending inputs are quantized first (so their producers run int8)."""
-    out = func(*p.materialize(args, site), **{k: p.materialize(v, site) for k, v in kwargs.items()})
-    return p.tag(out, FLOAT, site)
+    """An op that runs in float: its pending inputs are quantized first (so their producers run int8), unless
+    the int8 kernels can write float (``epilogues``)."""
+    if not p.points.epilogues:
+        args, kwargs = p.materialize(args, site), {k: p.materialize(v, site) for k, v in kwargs.items()}
+    return p.tag(func(*args, **kwargs), FLOAT, site)
 
 
 def view_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -459,6 +463,19 @@ def binary_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) ->
     func = _INPLACE.get(getattr(func, "__name__", ""), func)  # in place -> out of place
     out = func(p.q(args[0], site), p.q(args[1], site), *args[2:], **kwargs)
     return p.tag(out, PENDING, site)
+
+
+def conv_sum_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """A convolution's output plus an int8 tensor (a residual Add) as one oneDNN kernel, the convolution's
+    ``sum`` post-op: the other input is quantized, the convolution's output is added unquantized in the
+    kernel, and the sum is quantized at its consumer (a Relu after it folds in too)."""
+    a = list(args[:2])
+    fused = next((i for i, t in enumerate(a) if (tag_of(t) or (None,))[0] == PENDING and tag_of(t)[2]), None)
+    if len(args) < 2 or fused is None or not (_is_activation(a[1 - fused]) and _int8(a[1 - fused])):
+        return binary_op(p, site, func, args, kwargs)
+    a[1 - fused] = p.q(a[1 - fused], site)
+    func = _INPLACE.get(getattr(func, "__name__", ""), func)
+    return p.tag(func(*a, *args[2:], **kwargs), PENDING, site)
 
 
 def unary_int8_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -571,6 +588,13 @@ RULES: dict[str, tuple[str | None, Rule]] = {
 }
 """op name -> (the kind of int8 op it becomes, which :attr:`ActivationPoints.ops` switches; None: always on,
 the rule). Ops not listed run in float (:func:`float_op`)."""
+
+EPILOGUE_RULES: dict[str, tuple[str | None, Rule]] = {
+    "hardswish": (None, activation_op), "silu": (None, activation_op), "add": ("add", conv_sum_op)}
+"""The rules that differ for int8 kernels with post-ops (``ActivationPoints.epilogues``): oneDNN's int8
+convolution, as Inductor lowers torchao's pt2e form, runs Hardswish/SiLU and a residual Add inside the kernel
+before quantizing its output, and can write float for a float consumer; X86InductorQuantizer places its points
+the same way."""
 # --- attaching to a model ----------------------------------------------------------------------------
 def attach(model: nn.Module, points: ActivationPoints) -> ActivationPoints:
     """Make every forward pass of ``model`` apply ``points`` (hooks on the root module)."""

@@ -11,6 +11,7 @@ The registry itself is :data:`finequant.catalog.BACKENDS`.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from finequant.quant.artifact import QUANT_CONFIG, QUANT_WEIGHTS, load_quantized
 from finequant.quant.config import QuantConfig
 from finequant.runtime.ort import run as ort_run
 from finequant.runtime.ort import session as ort_session
+
+log = logging.getLogger(__name__)
 
 Batch = np.ndarray | dict[str, np.ndarray]
 SAMPLE_TEXT = ("an engaging , funny and touching film , although its second half drags and the ending "
@@ -236,6 +239,12 @@ def open_runner(model: Any, backend: str, threads: int | None = None, *, loaded:
     Files the backend writes go to ``workdir``, or to a temporary folder removed by ``Runner.close``."""
     fn = BACKENDS.get(backend)
     dep = Deployable.of(model, loaded, trust_remote_code=trust_remote_code)
+    made_for = dep.quantized.config.runtime if dep.quantized is not None else backend
+    if dep.quantized is not None and dep.quantized.points is not None and made_for != backend \
+            and backend not in ("torch", "torch-sim"):
+        log.warning("this model's activation points are placed for %s; %s computes the same, maybe slower: for its "
+                    "fastest int8 kernels quantize with QuantConfig(runtime=%r) (--runtime %s)", made_for, backend,
+                    backend, backend)
     tmp = None if workdir else tempfile.TemporaryDirectory(prefix="finequant-")
     work = Path(workdir) if workdir else Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
