@@ -33,6 +33,7 @@ import torch
 
 from finequant.cpu import has_vnni
 from finequant.runtime.backends import Runner
+from finequant.runtime.torch_inductor import frozen_inference
 
 PEER_SETTINGS = {
     "ORT quantize_static": "quant_pre_process (skip_symbolic_shape where it fails); QDQ; per_channel=True; activation QUInt8, weight QInt8; MinMax; "
@@ -116,11 +117,8 @@ def pt2e_x86_inductor(model: torch.nn.Module, calib: list[torch.Tensor]) -> Runn
                 for chunk in pool.split(len(t)):
                     if len(chunk) == len(t):
                         prepared(chunk)
-                compiled = torch.compile(convert_pt2e(prepared))
-            with torch._inductor.config.patch(freezing=True), torch.no_grad():
-                compiled(t)
-            programs[t.shape] = compiled
-        with torch.no_grad():
+                programs[t.shape] = torch.compile(convert_pt2e(prepared))
+        with frozen_inference():  # on every call, as for finequant's backend (see there)
             return programs[t.shape](t).numpy()
 
     return Runner("torch", predict, None)

@@ -7,9 +7,9 @@ Every contender gets the same 8 calibration batches of 16 and is timed in one pr
 (2 threads):
 
 - fp32 eager PyTorch, ONNX Runtime fp32 (the clean fp32 export);
-- finequant static int8 (defaults) on ONNX Runtime and on PyTorch (``torch-inductor``: torch.export +
-  torch.compile, oneDNN int8), and made for OpenVINO (``QuantConfig(runtime="openvino")``) on OpenVINO (when
-  installed);
+- finequant static int8 (defaults) on ONNX Runtime, made for PyTorch (``QuantConfig(runtime="torch-inductor")``:
+  torch.export + torch.compile, oneDNN int8) on PyTorch, and made for OpenVINO (``QuantConfig(runtime="openvino")``)
+  on OpenVINO (when installed);
 - ONNX Runtime ``quantize_static``, the pt2e flow (torchao ``X86InductorQuantizer`` + ``torch.compile``) and
   NNCF + OpenVINO (when installed), each configured as ``benchmarks/peers.py`` says.
 
@@ -96,7 +96,9 @@ def bench_model(name: str, loaded: Any, calib: list[torch.Tensor], test: list | 
                                f"{integer_ops(optimized_ops(ours, work))}; simulation explains "
                                f"{report['simulation']['explained']:.0%} of what int8 changes in the file")
     contenders["finequant int8 (ORT)"] = ort_runner(ours, threads)
-    inductor = open_runner(qm, "torch-inductor", threads, loaded=loaded)
+    # made for torch-inductor (QuantConfig.runtime): points where oneDNN's int8 convolutions quantize
+    for_inductor = quantize(loaded, QuantConfig(calib_batches=CALIB_BATCHES, runtime="torch-inductor"), calib)
+    inductor = open_runner(for_inductor, "torch-inductor", threads, loaded=loaded)
     contenders["finequant int8 (torch-inductor)"] = inductor
     try:
         import openvino as ov
