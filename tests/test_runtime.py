@@ -53,9 +53,10 @@ def test_qdq_export_runs_on_integer_kernels_and_matches_simulation(trained, tmp_
     assert clear.mean() > 0.9 and (got.argmax(1) == sim.argmax(1))[clear].mean() >= 0.99
 
 
-def test_torch_inductor_runs_the_int8_model_on_onednn_kernels_as_simulated(trained):
+def test_torch_inductor_runs_the_int8_model_on_onednn_kernels_as_simulated(trained, caplog):
     """The PyTorch-native int8 path: finequant's qparams (not re-calibrated) in the pt2e form, lowered by
-    Inductor to oneDNN int8 convolutions, computing what the simulation computes."""
+    Inductor to oneDNN int8 convolutions, computing what the simulation computes (also for a model made for
+    another runtime, with a warning that says how to make one for this one)."""
     from torch._dynamo.utils import counters
 
     from finequant.runtime.agreement import simulation_agreement, simulation_explains
@@ -63,9 +64,10 @@ def test_torch_inductor_runs_the_int8_model_on_onednn_kernels_as_simulated(train
 
     loaded, qm, x = trained
     counters.clear()
-    with open_runner(qm, "torch-inductor", loaded=loaded) as runner:
+    with caplog.at_level("WARNING"), open_runner(qm, "torch-inductor", loaded=loaded) as runner:
         got = runner.predict(x[:32].numpy())
         assert set(runner.info["compile"]) == {"export_s_b32", "compile_s_b32"}
+    assert "placed for onnxruntime" in caplog.text and "runtime='torch-inductor'" in caplog.text
     assert counters["inductor"]["qconv_weight_prepack_matcher_count"] == 3  # every Conv on an int8 kernel
     assert counters["inductor"]["qlinear_weight_prepack_matcher_count"] == 1
     a = simulation_agreement(qm.model, x[:32], got)

@@ -49,8 +49,9 @@ class QuantConfig:
     fold_bn: bool = True
     """Fold BatchNorm into the preceding convolution before quantizing."""
     runtime: str = "onnxruntime"
-    """The runtime the int8 model is made for (a backend name): it decides the default ``int8_ops``. A model
-    made for one runs on the others too, computing what was simulated; it may be slower there."""
+    """The runtime the int8 model is made for (a backend name): it decides the default ``int8_ops`` and, for
+    torch-inductor, that points sit after its int8 convolutions' post-ops. A model made for one runs on the
+    others too, computing what was simulated; it may be slower there."""
     int8_ops: list[str] | None = None
     """Kinds of activation ops run int8 besides Conv/Linear (static): add, mul, sigmoid, pool, silu, hardswish,
     concat, matmul (attention products); default: those that pay on ``runtime`` (all of them on ONNX Runtime;
