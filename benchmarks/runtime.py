@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 import traceback
@@ -76,9 +77,24 @@ def ort_runner(path: Path, threads: int) -> Runner:
     return Runner("onnxruntime", lambda x: run(sess, x), path)
 
 
-def accuracy(runner: Runner, test: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    correct = sum(int((runner.predict(x).argmax(1) == y).sum()) for x, y in test)
-    return correct / sum(len(y) for _, y in test)
+PAIRS = (("finequant int8 (ORT)", "ORT quantize_static"),
+         ("finequant int8 (torch-inductor)", "pt2e X86InductorQuantizer + torch.compile"),
+         ("finequant int8 (OpenVINO)", "NNCF + OpenVINO"))
+"""finequant on a runtime and its peer on the same runtime."""
+
+
+def correct(runner: Runner, test: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Whether each test image is classified right."""
+    return np.concatenate([runner.predict(x).argmax(1) == y for x, y in test])
+
+
+def paired(ours: np.ndarray, peer: np.ndarray) -> dict[str, float]:
+    """Test images only finequant / only the peer classifies right, and McNemar's exact two-sided p-value: whether
+    an accuracy difference is more than the chance of a few images near the decision boundary."""
+    a, b = int((ours & ~peer).sum()), int((~ours & peer).sum())
+    n, k = a + b, min(a, b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_finequant": a, "only_peer": b, "mcnemar_p": p}
 
 
 def bench_model(name: str, loaded: Any, calib: list[torch.Tensor], test: list | None, threads: int,
@@ -139,9 +155,13 @@ def bench_model(name: str, loaded: Any, calib: list[torch.Tensor], test: list | 
         for label, stats in timed.items():
             rows[label][f"batch{b}"] = stats
     notes["torch-inductor compile"] = ", ".join(f"{k} {v:.0f}" for k, v in inductor.info["compile"].items())
-    for label, runner in contenders.items():
-        if test is not None:
-            rows[label]["test_accuracy"] = accuracy(runner, test)
+    right = {label: correct(runner, test) for label, runner in contenders.items()} if test is not None else {}
+    for label, ok in right.items():
+        rows[label]["test_accuracy"] = float(ok.mean())
+    for ours, peer in PAIRS:
+        if ours in right and peer in right:
+            rows[ours]["paired_vs_peer"] = paired(right[ours], right[peer])
+    for label in contenders:
         print(f"{name} | {label}: " + ", ".join(f"b{b} {rows[label][f'batch{b}']['p50_ms']:.2f} ms" for b in BATCHES)
               + (f", acc {rows[label]['test_accuracy']:.4f}" if test is not None else ""), flush=True)
     inductor.close()
@@ -166,12 +186,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             size = "-" if r["file_bytes"] is None else f"{r['file_bytes'] / 1e6:.2f}"
             lines.append(f"| {label} | {acc} | {b1:.2f} | {b16:.2f} | {b1 / eager['batch1']['p50_ms']:.2f} | "
                          f"{b16 / eager['batch16']['p50_ms']:.2f} | {size} |")
-        pairs = (("finequant int8 (ORT)", "ORT quantize_static"),
-                 ("finequant int8 (torch-inductor)", "pt2e X86InductorQuantizer + torch.compile"),
-                 ("finequant int8 (OpenVINO)", "NNCF + OpenVINO"))
-        lines += [""] + [f"- {a} / {b}: " + " / ".join(
-            f"{rows[a][f'batch{n}']['p50_ms'] / rows[b][f'batch{n}']['p50_ms']:.2f} at b{n}" for n in BATCHES)
-            for a, b in pairs if a in rows and b in rows]
+        lines.append("")
+        for a, b in PAIRS:
+            if a in rows and b in rows:
+                pair = rows[a].get("paired_vs_peer")
+                lines.append(f"- {a} / {b}: " + " / ".join(
+                    f"{rows[a][f'batch{n}']['p50_ms'] / rows[b][f'batch{n}']['p50_ms']:.2f} at b{n}" for n in BATCHES)
+                    + ("" if pair is None else f"; test images only finequant / only the peer classifies right: "
+                       f"{pair['only_finequant']} / {pair['only_peer']} (McNemar exact p = {pair['mcnemar_p']:.2f})"))
         lines += [f"- {k}: {v}" for k, v in res["notes"].items()] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
