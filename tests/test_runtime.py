@@ -74,6 +74,25 @@ def test_torch_inductor_runs_the_int8_model_on_onednn_kernels_as_simulated(train
     assert simulation_explains(a) and a["cosine"] > 0.999, a
 
 
+def test_torch_inductor_pads_same_padding_before_quantizing_and_computes_as_simulated():
+    """timm's TF-style SAME padding: the torch export pads the float tensor and quantizes it after, at the same
+    point (one loop in Inductor, as in pt2e's graph, instead of dequantize-pad-quantize), with the same numbers."""
+    from timm.layers import Conv2dSame
+
+    from finequant.runtime.agreement import simulation_agreement
+    from finequant.runtime.torch_inductor import CompiledInt8, export_int8
+
+    torch.manual_seed(0)
+    net = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.ReLU6(), Conv2dSame(8, 8, 3, stride=2, groups=8),
+                        nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    qm = quantize(net, QuantConfig(runtime="torch-inductor"), [torch.randn(8, 3, 15, 15) for _ in range(2)])
+    x = torch.randn(4, 3, 15, 15)
+    pads = [n for n in export_int8(qm, x).graph.nodes if "pad" in str(n.target)]
+    assert len(pads) == 2 and not any("dequantize" in str(n.args[0].target) for n in pads), pads
+    a = simulation_agreement(qm.model, x, CompiledInt8(qm)(x).numpy())
+    assert a["sim_rel_error"] < 0.01 * a["int8_rel_error"], a
+
+
 def test_float_export_matches_pytorch_with_dynamic_batch(trained, tmp_path):
     loaded, _, x = trained
     export_float(loaded.model, x[:1], tmp_path / "f.onnx")

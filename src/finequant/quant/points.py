@@ -146,6 +146,13 @@ def _set_tag(t: torch.Tensor, state: str, key: str, conv: bool = False) -> None:
             delattr(t, stale)
 
 
+def share_point(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """``dst`` (computed from ``src`` outside the watched ops: a constant pad) is quantized at ``src``'s point."""
+    tag = tag_of(src)
+    if tag is not None:
+        _set_tag(dst, *tag)
+
+
 def _int8(t: Any) -> bool:
     tag = tag_of(t)
     return tag is not None and tag[0] != FLOAT

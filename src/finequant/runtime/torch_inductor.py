@@ -41,7 +41,7 @@ def export_int8(qm: QuantizedModel, example: torch.Tensor) -> torch.export.Expor
     _register_int8_lowering()
     model = qm.model.eval()
     try:
-        with qm.tracing("export-torch"), torch.no_grad(), static_same_padding(model, example):
+        with qm.tracing("export-torch"), torch.no_grad(), static_same_padding(model, example, pad_before_point=True):
             return torch.export.export(model, (example,))
     except Exception as e:  # torch.export raises many types for what it cannot trace
         raise FinequantError(f"torch.export could not trace the quantized model in module '{points.last_scope}' "
