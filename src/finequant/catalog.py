@@ -144,8 +144,8 @@ BACKENDS.register_lazy("torch-inductor", _B + "torch_inductor", "PyTorch-native 
 # Its int8 convolutions are faster without activation zero points (symmetric int8 where a tensor has negative values,
 # as NNCF's default preset quantizes: MobileNetV3-large, AVX2, 3.02 vs 3.49 ms at batch 1, 40.2 vs 45.9 at 16), but
 # then it computes a Concat feeding a convolution far from both the simulation and fp32 (70-79% relative error on
-# a probe; 17% on tests/test_points.py's block; asymmetric uint8: 0.3%), so finequant keeps zero points there.
-# NNCF gives a Concat's inputs one shared quantizer; zero-point-free points would need the same
+# a probe, also with one quantizer shared by the Concat's inputs as NNCF places it; 17% on tests/test_points.py's
+# block; asymmetric uint8: 0.3%), so finequant keeps zero points there
 BACKENDS.register_lazy("openvino", _B + "openvino",
                        "OpenVINO CPU plugin reading the same ONNX (pip install 'finequant[openvino]')",
                        BackendInfo("exporter", int8_ops=("add", "concat", "matmul")))
