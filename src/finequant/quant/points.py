@@ -153,6 +153,12 @@ def share_point(src: torch.Tensor, dst: torch.Tensor) -> None:
         _set_tag(dst, *tag)
 
 
+def _conv_output(t: Any) -> bool:
+    """A convolution's int8 output not quantized yet (its point may still move past a BatchNorm or Relu)."""
+    tag = tag_of(t)
+    return tag is not None and tag[0] == PENDING and tag[2]
+
+
 def _int8(t: Any) -> bool:
     tag = tag_of(t)
     return tag is not None and tag[0] != FLOAT
@@ -452,10 +458,9 @@ def activation_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict
 def batch_norm_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) -> Any:
     """A BatchNorm right after a convolution (QAT trains it unfolded) belongs to that convolution: the
     point after it is the convolution's output point, as it will be once the BatchNorm is folded."""
-    tag = tag_of(args[0])
-    if tag is None or tag[0] != PENDING or not tag[2]:
+    if not _conv_output(args[0]):
         return float_op(p, site, func, args, kwargs)
-    return p.tag(func(*args, **kwargs), PENDING, tag[1], conv=True)
+    return p.tag(func(*args, **kwargs), PENDING, tag_of(args[0])[1], conv=True)
 
 
 _INPLACE = {"add_": torch.add, "__iadd__": torch.add, "mul_": torch.mul, "__imul__": torch.mul}
@@ -477,8 +482,8 @@ def conv_sum_op(p: _Pass, site: str, func: Callable, args: tuple, kwargs: dict) 
     ``sum`` post-op: the other input is quantized, the convolution's output is added unquantized in the
     kernel, and the sum is quantized at its consumer (a Relu after it folds in too)."""
     a = list(args[:2])
-    fused = next((i for i, t in enumerate(a) if (tag_of(t) or (None,))[0] == PENDING and tag_of(t)[2]), None)
-    if len(args) < 2 or fused is None or not (_is_activation(a[1 - fused]) and _int8(a[1 - fused])):
+    fused = next((i for i, t in enumerate(a) if _conv_output(t)), None)
+    if len(a) < 2 or fused is None or not (_is_activation(a[1 - fused]) and _int8(a[1 - fused])):
         return binary_op(p, site, func, args, kwargs)
     a[1 - fused] = p.q(a[1 - fused], site)
     func = _INPLACE.get(getattr(func, "__name__", ""), func)

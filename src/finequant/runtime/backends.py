@@ -239,12 +239,12 @@ def open_runner(model: Any, backend: str, threads: int | None = None, *, loaded:
     Files the backend writes go to ``workdir``, or to a temporary folder removed by ``Runner.close``."""
     fn = BACKENDS.get(backend)
     dep = Deployable.of(model, loaded, trust_remote_code=trust_remote_code)
-    made_for = dep.quantized.config.runtime if dep.quantized is not None else backend
-    if dep.quantized is not None and dep.quantized.points is not None and made_for != backend \
+    qm = dep.quantized
+    if qm is not None and qm.points is not None and qm.config.runtime != backend \
             and backend not in ("torch", "torch-sim"):
         log.warning("this model's activation points are placed for %s; %s computes the same, maybe slower: for its "
-                    "fastest int8 kernels quantize with QuantConfig(runtime=%r) (--runtime %s)", made_for, backend,
-                    backend, backend)
+                    "fastest int8 kernels quantize with QuantConfig(runtime=%r) (--runtime %s)", qm.config.runtime,
+                    backend, backend, backend)
     tmp = None if workdir else tempfile.TemporaryDirectory(prefix="finequant-")
     work = Path(workdir) if workdir else Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)

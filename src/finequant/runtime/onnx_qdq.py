@@ -90,7 +90,7 @@ def static_same_padding(model: nn.Module, example: Any, pad_before_point: bool =
         wrapper = wrappers.get(id(m)) if pad_before_point else None
         if wrapper is not None:
             wrapper.forward = functools.partial(_pad_then_quantize, wrapper, pads)
-            m.forward = functools.partial(_padded_conv, m, [0, 0, 0, 0])
+            m.forward = functools.partial(_unpadded_conv, m)
             patched += [wrapper, m]
         else:
             m.forward = functools.partial(_padded_conv, m, pads)  # an instance attribute: removed below
@@ -109,13 +109,17 @@ def _pad_then_quantize(layer: nn.Module, pads: list[int], x: torch.Tensor) -> to
 
 
 def _padded_conv(conv: nn.Conv2d, pads: list[int], x: torch.Tensor) -> torch.Tensor:
-    padded = F.pad(x, pads) if any(pads) else x
+    padded = F.pad(x, pads)
     tag, watched = points.tag_of(x), points.current()
-    if any(pads) and tag is not None and watched is not None and watched.points.mode.startswith("export"):
+    if tag is not None and watched is not None and watched.points.mode.startswith("export"):
         # a quantized input: the padded tensor is on the same grid (zero is exact), and quantizing it again with
         # the same point lets ONNX Runtime pad on uint8 and run the convolution as QLinearConv (else: float)
         padded = watched.points.quantize(padded, tag[1])
-    return F.conv2d(padded, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+    return _unpadded_conv(conv, padded)
+
+
+def _unpadded_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
 def export_float(model: nn.Module, example: torch.Tensor | dict[str, torch.Tensor],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import torch
 
 from finequant.errors import FinequantError
@@ -66,19 +66,19 @@ class CompiledInt8:
             t1 = time.perf_counter()
             self.programs[shape] = torch.compile(program.module())
             with frozen_inference():  # the first call compiles
-                self.programs[shape](x)
+                out = self.programs[shape](x)
             self.seconds[f"export_s_b{shape[0]}"] = t1 - t0
             self.seconds[f"compile_s_b{shape[0]}"] = time.perf_counter() - t1
+            return out
         with frozen_inference():
             return self.programs[shape](x)
 
 
-def frozen_inference() -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def frozen_inference() -> Iterator[None]:
     """Inference with Inductor's ``freezing``: weights become constants, which the int8 passes need to pack them.
     On every call, not only the first: after a strict ``torch.export`` elsewhere in the process (pt2e's), a
     program compiled before can compile again, and without freezing it runs its dequantized weights as fp32
     convolutions (ResNet-50 at batch 1: 83 instead of 28 ms, 2 threads)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch._inductor.config.patch(freezing=True))
-    stack.enter_context(torch.no_grad())
-    return stack
+    with torch._inductor.config.patch(freezing=True), torch.no_grad():
+        yield
