@@ -21,6 +21,7 @@ Writes benchmarks/results/runtime.json and docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import tempfile
@@ -116,16 +117,12 @@ def bench_model(name: str, loaded: Any, calib: list[torch.Tensor], test: list | 
     for_inductor = quantize(loaded, QuantConfig(calib_batches=CALIB_BATCHES, runtime="torch-inductor"), calib)
     inductor = open_runner(for_inductor, "torch-inductor", threads, loaded=loaded)
     contenders["finequant int8 (torch-inductor)"] = inductor
-    try:
-        import openvino as ov
-
+    if importlib.util.find_spec("openvino") is not None:
         # made for OpenVINO (QuantConfig.runtime): the int8 points that pay there
-        for_ov = work / f"{name}.int8.openvino.onnx"
-        export(quantize(loaded, QuantConfig(calib_batches=CALIB_BATCHES, runtime="openvino"), calib), for_ov,
-               loaded=loaded)
-        compiled = ov.Core().compile_model(str(for_ov), "CPU", {"INFERENCE_NUM_THREADS": threads})
-        contenders["finequant int8 (OpenVINO)"] = Runner("openvino", lambda x: compiled(x)[0], for_ov)
-    except ImportError:
+        for_ov = quantize(loaded, QuantConfig(calib_batches=CALIB_BATCHES, runtime="openvino"), calib)
+        contenders["finequant int8 (OpenVINO)"] = open_runner(for_ov, "openvino", threads, loaded=loaded,
+                                                              workdir=work / f"{name}.openvino")
+    else:
         notes["OpenVINO"] = "not installed (pip install 'finequant[openvino]')"
     calib_np = [x.numpy() for x in calib]
     peers = (("ORT quantize_static", lambda: ort_runner(ort_quantize_static(fp32, work / f"{name}.ort.onnx",
